@@ -1,0 +1,93 @@
+"""cdclip: CD-CLIP for weakly supervised semantic segmentation.
+
+Composable components (importable directly or by name through the registry)::
+
+    from cdclip import CDAModule, JSDivergence, SuperClassPrototypes, BoundaryEnhancedLoss
+    refine = cdclip.create("cda", fusion="mean")
+
+``import cdclip`` is light: it imports torch and the registry only. Everything else, and in
+particular open_clip and timm, is imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cdclip.registry import create, get, list_components, register, registry
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved on first access (PEP 562)
+_LAZY: dict[str, str] = {
+    # kernels
+    "JSDivergence": "cdclip.kernels.js",
+    "js_divergence": "cdclip.kernels.js",
+    "pairwise_js": "cdclip.kernels.js",
+    # affinity / CDA
+    "TransitionMatrix": "cdclip.affinity.transition",
+    "transition_matrix": "cdclip.affinity.transition",
+    "box_mask": "cdclip.affinity.boxes",
+    "CDAAffinity": "cdclip.affinity.cda",
+    "CDAModule": "cdclip.affinity.cda",
+    "cda_affinity": "cdclip.affinity.cda",
+    "cda_refine": "cdclip.affinity.cda",
+    "class_probs_from_cams": "cdclip.affinity.cda",
+    "class_probs_from_features": "cdclip.affinity.cda",
+    # SBE
+    "SuperClassPrototypes": "cdclip.prototypes.superclass",
+    "superclass_prototypes": "cdclip.prototypes.superclass",
+    "BoundaryEnhancedLoss": "cdclip.losses.boundary",
+    "boundary_enhanced_loss": "cdclip.losses.boundary",
+    # refinement, metrics
+    "PAR": "cdclip.refine.par",
+    "par": "cdclip.refine.par",
+    "ConfusionMatrix": "cdclip.metrics",
+}
+
+_SUBMODULES = {
+    "functional", "kernels", "affinity", "prototypes", "losses", "refine", "backbones", "cam",
+    "data", "pipeline", "metrics", "registry", "cli",
+}
+
+__all__ = [
+    "__version__",
+    "create",
+    "get",
+    "list_components",
+    "register",
+    "registry",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cdclip.{name}")
+    raise AttributeError(f"module 'cdclip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+
+
+if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
+    from cdclip.affinity.boxes import box_mask
+    from cdclip.affinity.cda import (
+        CDAAffinity,
+        CDAModule,
+        cda_affinity,
+        cda_refine,
+        class_probs_from_cams,
+        class_probs_from_features,
+    )
+    from cdclip.affinity.transition import TransitionMatrix, transition_matrix
+    from cdclip.kernels.js import JSDivergence, js_divergence, pairwise_js
+    from cdclip.losses.boundary import BoundaryEnhancedLoss, boundary_enhanced_loss
+    from cdclip.metrics import ConfusionMatrix
+    from cdclip.prototypes.superclass import SuperClassPrototypes, superclass_prototypes
+    from cdclip.refine.par import PAR, par

@@ -1,0 +1,3 @@
+from cdclip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cdclip`` command line (one module each)."""

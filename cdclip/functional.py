@@ -1,0 +1,40 @@
+"""Pure functions behind the modules, in one namespace (like ``torch.nn.functional``).
+
+``import cdclip.functional as CF``; ``CF.pairwise_js(p)``. Names resolve lazily so that importing
+this module costs nothing until a function is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "js_divergence": "cdclip.kernels.js",
+    "pairwise_js": "cdclip.kernels.js",
+    "transition_matrix": "cdclip.affinity.transition",
+    "box_mask": "cdclip.affinity.boxes",
+    "cda_affinity": "cdclip.affinity.cda",
+    "cda_refine": "cdclip.affinity.cda",
+    "class_probs_from_cams": "cdclip.affinity.cda",
+    "class_probs_from_features": "cdclip.affinity.cda",
+    "superclass_prototypes": "cdclip.prototypes.superclass",
+    "boundary_band": "cdclip.prototypes.superclass",
+    "boundary_enhanced_loss": "cdclip.losses.boundary",
+    "balanced_cross_entropy": "cdclip.losses.segmentation",
+    "par": "cdclip.refine.par",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cdclip.functional' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

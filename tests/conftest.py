@@ -1,0 +1,46 @@
+"""Test session set-up: offline, deterministic, CPU, small."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Never touch the network: open_clip and timm go through huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("CDCLIP_NO_PLUGINS", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sample_data_root() -> Path:
+    """The real VOC/COCO samples: ``../shared/data`` beside the checkout, else the shipped copy."""
+    env = os.environ.get("CDCLIP_SAMPLE_DATA")
+    for candidate in (Path(env) if env else None, REPO.parent / "shared" / "data", REPO / "examples" / "data"):
+        if candidate is not None and (candidate / "VOC2012" / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError("no sample data: expected ../shared/data or examples/data with VOC2012/ and coco/")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return _sample_data_root()
+
+
+@pytest.fixture(scope="session")
+def voc_root(data_root: Path) -> Path:
+    return data_root / "VOC2012"
+
+
+@pytest.fixture(scope="session")
+def coco_root(data_root: Path) -> Path:
+    return data_root / "coco"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
