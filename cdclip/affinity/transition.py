@@ -1,0 +1,85 @@
+"""Affinity → random-walk transition matrix (CLIP-ES / WeCLIP refinement step).
+
+``τ(A)``: alternate column and row normalisation (a few Sinkhorn-like rounds, which makes the
+matrix close to doubly stochastic so that no patch dominates the propagation), symmetrise
+``(A + Aᵀ) / 2``, then raise to a power (``A·A`` by default: two random-walk steps).
+Always computed in float32 or higher: in float16 the column sums of a 1024×1024 attention map
+underflow and the normalisation divides by zero (WeCLIP runs this step in fp16).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cdclip._checks import check_finite, check_floating, check_rank, compute_dtype
+from cdclip.registry import register
+
+__all__ = ["TransitionMatrix", "transition_matrix"]
+
+
+def _check_square(affinity: Tensor, name: str) -> None:
+    check_rank(affinity, name, "B N N")
+    check_floating(affinity, name)
+    if affinity.shape[1] != affinity.shape[2]:
+        raise ValueError(f"{name}: expected a square affinity (B, N, N), got {tuple(affinity.shape)}")
+
+
+def transition_matrix(
+    affinity: Tensor,
+    sinkhorn_iters: int = 3,
+    power: int = 2,
+    eps: float = 1e-12,
+) -> Tensor:
+    """Transition matrix of a non-negative affinity.
+
+    Args:
+        affinity: non-negative pairwise affinity (attention weights, CDA affinity ...).
+        sinkhorn_iters: rounds of column-then-row normalisation.
+        power: matrix power applied after symmetrising (1 = none, 2 = ``A·A``).
+        eps: floor on row/column sums so that an all-zero row stays zero instead of NaN.
+
+    Returns:
+        The transition matrix in float32 (float64 for float64 input).
+
+    Shape:
+        - affinity: (B, N, N)
+        - output: (B, N, N)
+    """
+    _check_square(affinity, "affinity")
+    if sinkhorn_iters < 0:
+        raise ValueError(f"sinkhorn_iters: expected an int >= 0, got {sinkhorn_iters}")
+    if power < 1:
+        raise ValueError(f"power: expected an int >= 1, got {power}")
+    check_finite(affinity, "affinity")
+    if bool((affinity < 0).any()):
+        raise ValueError("affinity: expected non-negative values, got negative entries")
+    t = affinity.to(compute_dtype(affinity))
+    for _ in range(sinkhorn_iters):
+        t = t / t.sum(dim=1, keepdim=True).clamp_min(eps)  # columns
+        t = t / t.sum(dim=2, keepdim=True).clamp_min(eps)  # rows
+    t = 0.5 * (t + t.transpose(1, 2))
+    out = t
+    for _ in range(power - 1):
+        out = torch.bmm(out, t)
+    return out
+
+
+@register("transition_matrix", kind="affinity")
+class TransitionMatrix(nn.Module):
+    """Module twin of :func:`transition_matrix`.
+
+    Shape:
+        - affinity: (B, N, N)
+        - output: (B, N, N)
+    """
+
+    def __init__(self, sinkhorn_iters: int = 3, power: int = 2, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.sinkhorn_iters, self.power, self.eps = sinkhorn_iters, power, eps
+
+    def forward(self, affinity: Tensor) -> Tensor:
+        return transition_matrix(affinity, self.sinkhorn_iters, self.power, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"sinkhorn_iters={self.sinkhorn_iters}, power={self.power}"

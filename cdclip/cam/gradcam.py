@@ -1,0 +1,169 @@
+"""GradCAM for CLIP (CLIP-ES style), batched and differentiable, grid taken from the input.
+
+For each present class ``c`` of an image (DESIGN §3.1):
+
+1. scores ``s_k = logit_scale · cos(g, t_k)`` with ``g`` the global embedding (mean of the
+   last-block patch tokens after ``ln_post``/``proj``) and ``t_k`` the text classifier rows;
+   softmax over {present classes} ∪ {background words} (absent classes are masked out, which is
+   the same softmax CLIP-ES takes over its per-image list);
+2. gradient of the softmax score of ``c`` w.r.t. the tokens entering the last block
+   (``target="input"``, default) or the output of its ``ln_1`` (``target="ln_1"``, what CLIP-ES's
+   hook on ``resblocks[-1].ln_1`` records);
+3. channel weights ``α_d`` = spatial mean of the gradient; ``CAM = ReLU(Σ_d α_d A_d)``;
+4. min–max normalisation per map; absent classes stay 0.
+
+Unlike pytorch-grad-cam (which CLIP-ES vendors) nothing is hard-coded to a 14×14 grid, no numpy
+round trip happens, and ``create_graph=True`` keeps the CAM differentiable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank
+from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
+from cdclip.registry import register
+
+__all__ = ["CLIPGradCAM", "clip_gradcam", "gradcam_scores"]
+
+Target = Literal["input", "ln_1"]
+
+
+def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit_scale: float = 100.0) -> Tensor:
+    """Softmax over present classes and background words of ``logit_scale · cos(g, t_k)``.
+
+    ``text`` holds the C foreground rows first (C = ``labels.shape[1]``), then the background words.
+
+    Shape:
+        - global_embedding: (B, D)
+        - text: (K, D) with K >= C
+        - labels: (B, C) multi-hot
+        - output: (B, K), zero at absent classes
+    """
+    check_rank(global_embedding, "global_embedding", "B D")
+    check_rank(text, "text", "K D")
+    c = labels.shape[1]
+    if text.shape[0] < c or text.shape[1] != global_embedding.shape[1]:
+        raise ValueError(
+            f"text: expected (K >= C={c}, D={global_embedding.shape[1]}), got {tuple(text.shape)}"
+        )
+    logits = logit_scale * F.normalize(global_embedding.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[:, :c] = labels.to(logits.device) > 0
+    return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+
+
+def clip_gradcam(
+    output: Any,
+    text: Tensor,
+    labels: Tensor,
+    logit_scale: float = 100.0,
+    target: Target = "input",
+    create_graph: bool = False,
+) -> Tensor:
+    """GradCAM of CLIP's softmax scores for the present classes.
+
+    Args:
+        output: a :class:`~cdclip.backbones.openclip.CLIPOutput` from a forward with
+            ``grad_last_block=True`` (needs ``global_embedding``, ``grid`` and
+            ``last_block_input`` / ``last_block_ln1``).
+        text: text classifier, C foreground rows then background words.
+        labels: image-level multi-hot labels.
+        logit_scale: CLIP temperature of the scores (the backbone's ``logit_scale``, 100 for OpenAI).
+        target: ``"input"`` (tokens entering the last block) or ``"ln_1"`` (its ``ln_1`` output).
+        create_graph: keep the graph of the gradients (CAMs differentiable w.r.t. the tokens).
+
+    Shape:
+        - text: (K, D)
+        - labels: (B, C)
+        - output: (B, C, h, w), each present map min–max normalised to [0, 1], absent maps 0
+    """
+    if target not in ("input", "ln_1"):
+        raise ValueError(f"target: expected 'input' or 'ln_1', got {target!r}")
+    source = output.last_block_input if target == "input" else output.last_block_ln1
+    if source is None or not source.requires_grad:
+        raise ValueError(
+            "output: GradCAM needs the backbone forward run with grad_last_block=True "
+            f"(the {target!r} tokens of the last block carry no gradient)"
+        )
+    b = output.global_embedding.shape[0]
+    h, w = output.grid
+    labels = check_labels(labels, b)
+    c = labels.shape[1]
+    present = torch.nonzero(labels.any(dim=0)).flatten().tolist()
+    cams = output.global_embedding.new_zeros(b, c, h * w, dtype=torch.float32)
+    if not present:
+        return cams.reshape(b, c, h, w)
+    with torch.enable_grad():
+        probs = gradcam_scores(output.global_embedding, text, labels, logit_scale)
+        mask = labels.to(probs)
+        acts = source[:, 1:].float()  # drop the class token: (B, N, W)
+        for i, cls in enumerate(present):
+            score = (probs[:, cls] * mask[:, cls]).sum()
+            (grad,) = torch.autograd.grad(
+                score, source, retain_graph=create_graph or i < len(present) - 1, create_graph=create_graph
+            )
+            alpha = grad[:, 1:].float().mean(dim=1, keepdim=True)  # (B, 1, W)
+            cams[:, cls] = F.relu((acts * alpha).sum(dim=-1))
+    cams = minmax_per_map(cams.reshape(b, c, h, w)) * labels.to(cams)[:, :, None, None]
+    return cams if create_graph else cams.detach()
+
+
+@register("gradcam", kind="cam")
+class CLIPGradCAM(nn.Module):
+    """CLIP-ES GradCAM as a CAM method (Module twin of :func:`clip_gradcam`).
+
+    Args:
+        logit_scale: temperature of the scores; ``None`` uses the backbone's (100 for OpenAI CLIP).
+        target: ``"input"`` (default) or ``"ln_1"`` (CLIP-ES's hook point).
+        scales: input scales whose CAMs are averaged (on the scale-1.0 grid).
+        flip: also average horizontally flipped inputs.
+
+    ``forward(backbone, images, labels, text)`` runs the backbone itself (multi-scale / flip);
+    :meth:`cams_from_output` works on one existing forward.
+
+    Shape:
+        - images: (B, 3, H, W) normalised, H and W multiples of the patch size
+        - labels: (B, C)
+        - text: (K, D)
+        - output.cams: (B, C, H / p, W / p)
+    """
+
+    needs_grad = True
+
+    def __init__(
+        self,
+        logit_scale: float | None = None,
+        target: Target = "input",
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
+        super().__init__()
+        if target not in ("input", "ln_1"):
+            raise ValueError(f"target: expected 'input' or 'ln_1', got {target!r}")
+        self.logit_scale, self.target = logit_scale, target
+        self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
+
+    def cams_from_output(self, output: Any, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+        scale = self.logit_scale if self.logit_scale is not None else (logit_scale or 100.0)
+        return clip_gradcam(output, text, labels, scale, self.target)
+
+    def forward(
+        self, backbone: Any, images: Tensor, labels: Tensor, text: Tensor, attn_blocks: int | Sequence[int] = 8
+    ) -> CAMResult:
+        check_rank(images, "images", "B 3 H W")
+        check_floating(images, "images")
+        scale = self.logit_scale if self.logit_scale is not None else float(getattr(backbone, "logit_scale", 100.0))
+
+        def fn(out: Any) -> Tensor:
+            return clip_gradcam(out, text, labels, scale, self.target)
+
+        return multiscale_cams(fn, backbone, images, self.scales, self.flip, attn_blocks, needs_grad=True)
+
+    def extra_repr(self) -> str:
+        return f"target={self.target!r}, scales={self.scales}, flip={self.flip}, logit_scale={self.logit_scale}"

@@ -1,0 +1,88 @@
+"""Patch–text CAMs: cosine similarity of CLIP's dense features with the class embeddings.
+
+``M_c(i) = ReLU(cos(x_i, t_c))``, min–max normalised per map (DESIGN §3.1, registry option
+``patch_text``). Needs no gradient, so it is the cheapest CAM and fully differentiable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank
+from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
+from cdclip.registry import register
+
+__all__ = ["PatchTextCAM", "patch_text_cam"]
+
+
+def patch_text_cam(features: Tensor, text: Tensor, labels: Tensor, grid: tuple[int, int]) -> Tensor:
+    """CAMs from the cosine similarity of dense patch features and class embeddings.
+
+    Args:
+        features: dense patch features (last block after ``ln_post``/``proj``), any scale.
+        text: text classifier; the first C rows (C = ``labels.shape[1]``) are used.
+        labels: image-level multi-hot labels; absent classes give all-zero maps.
+        grid: the patch grid ``(h, w)`` with ``h * w = N``.
+
+    Shape:
+        - features: (B, N, D)
+        - text: (K, D) with K >= C
+        - labels: (B, C)
+        - output: (B, C, h, w) in [0, 1]
+    """
+    check_rank(features, "features", "B N D")
+    check_floating(features, "features")
+    check_rank(text, "text", "K D")
+    b, n, d = features.shape
+    present = check_labels(labels, b)
+    c = present.shape[1]
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != n:
+        raise ValueError(f"grid: expected h * w = N = {n}, got {grid}")
+    if text.shape[0] < c or text.shape[1] != d:
+        raise ValueError(f"text: expected (K >= C={c}, D={d}), got {tuple(text.shape)}")
+    sim = F.normalize(features.float(), dim=-1) @ F.normalize(text[:c].float(), dim=-1).T  # (B, N, C)
+    cams = minmax_per_map(F.relu(sim).transpose(1, 2).reshape(b, c, h, w))
+    return cams * present.to(cams)[:, :, None, None]
+
+
+@register("patch_text", kind="cam")
+class PatchTextCAM(nn.Module):
+    """Patch–text CAM method (Module twin of :func:`patch_text_cam`).
+
+    Args:
+        scales: input scales whose CAMs are averaged (on the scale-1.0 grid).
+        flip: also average horizontally flipped inputs.
+
+    Shape:
+        - images: (B, 3, H, W) normalised, H and W multiples of the patch size
+        - labels: (B, C)
+        - text: (K, D)
+        - output.cams: (B, C, H / p, W / p)
+    """
+
+    needs_grad = False
+
+    def __init__(self, scales: Sequence[float] = (1.0,), flip: bool = False) -> None:
+        super().__init__()
+        self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
+
+    def cams_from_output(self, output: Any, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+        return patch_text_cam(output.dense, text, labels, output.grid)
+
+    def forward(
+        self, backbone: Any, images: Tensor, labels: Tensor, text: Tensor, attn_blocks: int | Sequence[int] = 8
+    ) -> CAMResult:
+        check_rank(images, "images", "B 3 H W")
+
+        def fn(out: Any) -> Tensor:
+            return patch_text_cam(out.dense, text, labels, out.grid)
+
+        return multiscale_cams(fn, backbone, images, self.scales, self.flip, attn_blocks, needs_grad=False)
+
+    def extra_repr(self) -> str:
+        return f"scales={self.scales}, flip={self.flip}"

@@ -1,0 +1,147 @@
+"""One call for every CAM refinement: none, the MHSA baseline (``attn``) and CDA (DESIGN §3.2–3.3).
+
+``refine_cams(cams, labels, output, text, method=...)`` with ``method`` one of
+
+* ``"none"``: CAMs unchanged;
+* ``"attn"``: CLIP-ES / WeCLIP MHSA affinity — mean attention of the last ``L`` blocks (8),
+  Sinkhorn-like transition matrix, box mask, propagation;
+* ``"mean"`` (CD-CLIP default), ``"replace"``, ``"product"``: CDA with per-patch class distributions
+  ``P_i = softmax(logit_scale · cos(x_i, T))`` over the **full** text classifier (foreground classes
+  and background words), fused with the attention as the name says.
+
+All of it delegates to :class:`cdclip.affinity.cda.CDAModule`, so switching methods is one argument.
+Only the classes present in the batch are refined (cheap for COCO's 80 classes); absent classes stay 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank
+from cdclip.affinity.cda import CDAModule, class_probs_from_features
+from cdclip.cam.multiscale import check_labels
+
+__all__ = ["REFINE_METHODS", "CAMRefiner", "attention_affinity", "refine_cams"]
+
+REFINE_METHODS: tuple[str, ...] = ("none", "attn", "mean", "replace", "product")
+
+
+def attention_affinity(attn: Tensor, last: int = 8) -> Tensor:
+    """Mean of the last ``last`` blocks' head-averaged attention (CLS already dropped).
+
+    Shape:
+        - attn: (B, L, N, N)
+        - output: (B, N, N)
+    """
+    check_rank(attn, "attn", "B L N N")
+    check_floating(attn, "attn")
+    if attn.shape[1] == 0:
+        raise ValueError("attn: the backbone returned no attention blocks; run it with attn_blocks > 0")
+    if last < 1:
+        raise ValueError(f"last: expected >= 1 blocks, got {last}")
+    return attn[:, -last:].float().mean(dim=1)
+
+
+def refine_cams(
+    cams: Tensor,
+    labels: Tensor,
+    output: Any,
+    text: Tensor | None = None,
+    method: str = "mean",
+    cda: CDAModule | None = None,
+    attn_layers: int = 8,
+    logit_scale: float = 100.0,
+) -> Tensor:
+    """Refine CAMs with the MHSA baseline or CDA using one backbone output.
+
+    Args:
+        cams: initial CAMs in [0, 1] on the backbone's patch grid.
+        labels: image-level multi-hot labels (absent classes are not refined and stay 0).
+        output: backbone output with ``attn`` (B, L, N, N) and ``dense`` (B, N, D).
+        text: the full text classifier (foreground rows then background words); needed by CDA.
+        method: one of :data:`REFINE_METHODS`.
+        cda: the refinement module (its ``fusion`` is overridden by ``method``); default
+            ``CDAModule()`` (γ = 0.5, θ = 0.4, exp affinity).
+        attn_layers: number of last blocks averaged into the attention affinity (8).
+        logit_scale: ``1/τ_cd`` of the class distributions (CLIP's 100).
+
+    Shape:
+        - cams: (B, C, h, w)
+        - labels: (B, C)
+        - text: (K, D)
+        - output: (B, C, h, w)
+    """
+    if method not in REFINE_METHODS:
+        raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
+    check_rank(cams, "cams", "B C h w")
+    check_floating(cams, "cams")
+    b, c, h, w = cams.shape
+    present = check_labels(labels, b).to(cams.device)
+    if present.shape[1] != c:
+        raise ValueError(f"labels: expected (B, C={c}) for cams {tuple(cams.shape)}, got {tuple(labels.shape)}")
+    if method == "none":
+        return cams.float() * present[:, :, None, None]
+    idx = torch.nonzero(present.any(dim=0)).flatten()
+    out = cams.new_zeros(b, c, h, w, dtype=torch.float32)
+    if idx.numel() == 0:
+        return out
+    attn = attention_affinity(output.attn, attn_layers).to(cams.device)
+    probs = None
+    if method != "attn":
+        if text is None:
+            raise ValueError(f"text: method={method!r} needs the text classifier (K, D) for class distributions")
+        probs = class_probs_from_features(output.dense.to(cams.device), text.to(cams.device), logit_scale)
+    module = cda if cda is not None else CDAModule()
+    refined = _with_fusion(module, method)(cams[:, idx].float(), probs, attn)
+    out[:, idx] = refined.float() * present[:, idx, None, None]
+    return out
+
+
+def _with_fusion(module: CDAModule, fusion: str) -> CDAModule:
+    if module.fusion == fusion:
+        return module
+    return CDAModule(
+        fusion=fusion,  # type: ignore[arg-type]
+        gamma=module.gamma,
+        box_threshold=module.box_threshold,
+        affinity=module.affinity,
+        sigma=module.sigma,
+        beta=module.beta,
+        sinkhorn_iters=module.sinkhorn_iters,
+        power=module.power,
+    )
+
+
+class CAMRefiner(nn.Module):
+    """Module twin of :func:`refine_cams`: stores the method and the CDA hyper-parameters.
+
+    Args:
+        method: ``"none"``, ``"attn"``, ``"mean"`` (default), ``"replace"`` or ``"product"``.
+        attn_layers: last blocks averaged into the attention affinity (8).
+        logit_scale: ``1/τ_cd`` of the class distributions (100).
+        **cda_kwargs: :class:`~cdclip.affinity.cda.CDAModule` options (``gamma``, ``box_threshold``,
+            ``affinity``, ``sigma``, ``beta``, ``sinkhorn_iters``, ``power``).
+
+    Shape:
+        - cams: (B, C, h, w)
+        - labels: (B, C)
+        - text: (K, D)
+        - output: (B, C, h, w)
+    """
+
+    def __init__(self, method: str = "mean", attn_layers: int = 8, logit_scale: float = 100.0, **cda_kwargs: Any):
+        super().__init__()
+        if method not in REFINE_METHODS:
+            raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
+        self.method, self.attn_layers, self.logit_scale = method, int(attn_layers), float(logit_scale)
+        fusion = method if method in ("attn", "mean", "replace", "product") else "attn"
+        self.cda = CDAModule(fusion=fusion, **cda_kwargs)  # type: ignore[arg-type]
+
+    def forward(self, cams: Tensor, labels: Tensor, output: Any, text: Tensor | None = None) -> Tensor:
+        return refine_cams(cams, labels, output, text, self.method, self.cda, self.attn_layers, self.logit_scale)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, attn_layers={self.attn_layers}, logit_scale={self.logit_scale}"

@@ -1,0 +1,254 @@
+"""File reading shared by the datasets: images, masks, split lists, label files, bad-file handling.
+
+Every reader raises :class:`DataFileError` (an ``OSError``) naming the file when a file is
+missing or cannot be decoded, so that a broken dataset fails with the path to look at rather than
+deep inside a decoder. :class:`SegmentationDataset` implements the opt-in ``skip_bad=True`` policy
+shared by VOC and COCO: bad samples are skipped, counted and listed in ``dataset.skipped``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+__all__ = [
+    "DataFileError",
+    "MissingFilesError",
+    "SegmentationDataset",
+    "Skipped",
+    "list_stems",
+    "load_label_dict",
+    "read_image",
+    "read_mask",
+    "read_split",
+]
+
+Sample = dict[str, Any]
+
+# how many missing names an error message lists before it says "and N more"
+_LIST_LIMIT = 20
+
+
+class DataFileError(OSError):
+    """A data file is missing or cannot be decoded; ``.path`` is the file."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{reason}: {self.path}")
+
+
+class MissingFilesError(FileNotFoundError):
+    """Several ids of a split have no file; all of them are listed at once (``.missing``)."""
+
+    def __init__(self, what: str, missing: Sequence[tuple[str, Path]]) -> None:
+        self.missing = list(missing)
+        shown = "\n".join(f"  {name}: {path}" for name, path in self.missing[:_LIST_LIMIT])
+        more = len(self.missing) - _LIST_LIMIT
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(self.missing)} {what} missing (pass skip_bad=True to skip them):\n{shown}{tail}"
+        )
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".strip()
+
+
+def read_image(path: str | os.PathLike[str]) -> tv_tensors.Image:
+    """Decode a JPEG/PNG into an RGB uint8 image (grey and CMYK files become RGB).
+
+    Uses ``torchvision.io.decode_image`` (libjpeg-turbo; faster than PIL here, see
+    ``benchmarks/data_loading.py``), with PIL as a fallback for formats it does not read.
+
+    Shape:
+        - output: (3, H, W) uint8
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "image file not found")
+    try:
+        data = read_file(str(path))
+    except (OSError, RuntimeError) as err:
+        raise DataFileError(path, f"cannot read image ({_describe(err)})") from err
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        image = None
+    if image is None:  # not a format torchvision decodes (or a broken file): ask PIL
+        try:
+            with Image.open(path) as pil:
+                array = np.array(pil.convert("RGB"))
+        except Exception as err:  # PIL raises many types for broken files
+            raise DataFileError(path, f"cannot decode image ({_describe(err)})") from err
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return tv_tensors.Image(image)
+
+
+def read_mask(path: str | os.PathLike[str]) -> tv_tensors.Mask:
+    """Read a label PNG whose pixel values are class indices (palette or grey PNG).
+
+    RGB masks are refused: their colours would need a palette to become indices.
+
+    Shape:
+        - output: (H, W) int64
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "mask file not found")
+    try:
+        with Image.open(path) as pil:
+            if pil.mode not in ("P", "L", "I", "I;16"):
+                raise DataFileError(
+                    path, f"mask must be a palette or grey PNG holding class indices, got mode {pil.mode!r}"
+                )
+            array = np.array(pil)
+    except DataFileError:
+        raise
+    except Exception as err:
+        raise DataFileError(path, f"cannot decode mask ({_describe(err)})") from err
+    return tv_tensors.Mask(torch.from_numpy(array.astype(np.int64, copy=False)))
+
+
+def read_split(path: str | os.PathLike[str]) -> list[str]:
+    """Image ids of a split file.
+
+    Accepts bare ids (``2007_000032``) and the two-column lines of the WSSS repos
+    (``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``): the id is the stem of
+    the first column. Blank lines and ``#`` comments are ignored; duplicates keep their first place.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "split file not found")
+    ids: dict[str, None] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            first = text.split()[0]
+            ids.setdefault(Path(first).stem if ("/" in first or "." in first) else first, None)
+    return list(ids)
+
+
+def load_label_dict(path: str | os.PathLike[str], num_classes: int) -> dict[str, np.ndarray]:
+    """Image-level labels from a ``cls_labels_onehot.npy`` file: ``{id: float32[num_classes]}``.
+
+    The file is the pickled dictionary the WSSS repos ship (``np.save`` of a dict); each value is
+    the multi-hot foreground vector, background excluded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "label file not found")
+    try:
+        loaded = np.load(path, allow_pickle=True)
+        table = loaded.item() if isinstance(loaded, np.ndarray) and loaded.dtype == object else loaded
+    except Exception as err:
+        raise DataFileError(path, f"cannot read label file ({_describe(err)})") from err
+    if not isinstance(table, dict):
+        raise DataFileError(path, f"label file must hold a dict {{id: multi-hot}}, got {type(table).__name__}")
+    labels: dict[str, np.ndarray] = {}
+    for key, value in table.items():
+        vector = np.asarray(value, dtype=np.float32).reshape(-1)
+        if vector.shape != (num_classes,):
+            raise DataFileError(path, f"label of {key!r} has shape {vector.shape}, expected ({num_classes},)")
+        labels[str(key)] = vector
+    return labels
+
+
+def list_stems(directory: Path, suffix: str) -> set[str]:
+    """Stems of the files in ``directory`` ending in ``suffix`` (one ``scandir``, no per-file stat)."""
+    if not directory.is_dir():
+        return set()
+    n = len(suffix)
+    with os.scandir(directory) as entries:
+        return {e.name[:-n] for e in entries if e.name.endswith(suffix)}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample left out by ``skip_bad=True``: its name, the offending file and why."""
+
+    name: str
+    path: Path
+    reason: str
+
+
+class SegmentationDataset(Dataset):
+    """Common base: a list of sample names, a loader per name, a transform and bad-file policy.
+
+    Subclasses set ``self.names`` and implement ``load(index) -> dict``. With ``skip_bad=False``
+    (default) a bad file raises :class:`DataFileError`. With ``skip_bad=True``, samples whose files
+    are missing are dropped when the dataset is built, and samples that fail to decode are
+    replaced by the next good one; both are recorded in ``self.skipped`` (per process: each
+    DataLoader worker keeps its own list).
+    """
+
+    names: list[str]
+
+    def __init__(self, transform: Callable[[Sample], Any] | None = None, skip_bad: bool = False) -> None:
+        self.transform = transform
+        self.skip_bad = bool(skip_bad)
+        self.skipped: list[Skipped] = []
+        self._bad_indices: set[int] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """How many samples were skipped so far (missing at build time plus failed decodes)."""
+        return len(self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _drop_missing(self, missing: list[tuple[str, Path]], what: str) -> None:
+        """Raise one error listing every missing file, or drop those samples with ``skip_bad``."""
+        if not missing:
+            return
+        if not self.skip_bad:
+            raise MissingFilesError(what, missing)
+        bad = {name for name, _ in missing}
+        self.skipped.extend(Skipped(name, path, f"{what} missing") for name, path in missing)
+        self.names = [n for n in self.names if n not in bad]
+        warnings.warn(f"skip_bad: {len(bad)} sample(s) skipped, {what} missing", RuntimeWarning, stacklevel=3)
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
+        index %= len(self)
+        if not self.skip_bad:
+            sample = self.load(index)
+        else:
+            sample = self._load_skipping(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def _load_skipping(self, index: int) -> Sample:
+        for step in range(len(self)):
+            current = (index + step) % len(self)
+            if current in self._bad_indices:
+                continue
+            try:
+                return self.load(current)
+            except DataFileError as err:
+                self._bad_indices.add(current)
+                self.skipped.append(Skipped(self.names[current], err.path, err.reason))
+                warnings.warn(f"skip_bad: skipping {self.names[current]} ({err})", RuntimeWarning, stacklevel=3)
+        raise DataFileError(Path(self.names[index]), "every sample of the dataset failed to load")
+
+    @staticmethod
+    def _labels_tensor(vector: np.ndarray | Iterable[float]) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(vector, dtype=np.float32)).clone()

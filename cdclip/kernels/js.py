@@ -1,0 +1,242 @@
+"""Jensen–Shannon divergence between discrete distributions, matched and pairwise.
+
+CD-CLIP compares the class distribution of every patch with that of every other patch. The
+pairwise kernel is the hot spot, so it is written around one identity (natural log)::
+
+    JS(p, q) = ½ Σ p log p + ½ Σ q log q − Σ m log m,          m = (p + q) / 2
+             = ½ Σ p log p + ½ Σ q log q − ½ Σ s log s + ½ log 2 · Σ s,   s = p + q
+
+The first two terms cost O(N·K); only ``Σ s log s`` is pairwise. It is computed in row blocks into
+two reusable buffers, so memory never holds an ``N × M × K`` tensor, and when ``q`` is ``p`` only
+the upper triangle is computed and mirrored. The result is exact (no approximation of the log).
+
+Zero probabilities: ``0 log 0 = 0`` exactly, and gradients stay finite because the log argument is
+clamped at the smallest normal float (the clamp only changes the log of exact zeros, whose product
+with zero is zero anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip.registry import register
+
+__all__ = ["JSDivergence", "js_divergence", "pairwise_js"]
+
+LN2 = math.log(2.0)
+
+# Elements of one ``(rows, M, K)`` block. 2**22 float32 = 16 MiB per buffer (two buffers): small
+# enough to stay near the caches, large enough that per-block overhead is negligible (see
+# benchmarks/js_kernel.py for the sweep that chose it).
+DEFAULT_BLOCK_ELEMENTS = 1 << 22
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).tiny
+
+
+def _sum_xlogx(x: Tensor) -> Tensor:
+    """``Σ_k x log x`` over the last dim with ``0 log 0 = 0`` and finite gradients."""
+    return (x * x.clamp_min(_tiny(x.dtype)).log()).sum(-1)
+
+
+def _check_probs(x: object, name: str, pattern: str) -> Tensor:
+    x = check_tensor(x, name)
+    check_rank(x, name, pattern)
+    check_floating(x, name)
+    return x
+
+
+def js_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """Jensen–Shannon divergence between matched distributions over the last dimension.
+
+    Natural log; values lie in ``[0, ln 2]``. Inputs in float16/bfloat16 are computed in float32.
+
+    Args:
+        p: probabilities, non-negative, summing to 1 over the last dim.
+        q: probabilities with the same shape as ``p``.
+
+    Returns:
+        The divergence per distribution pair, in float32 (float64 for float64 inputs).
+
+    Shape:
+        - p: (..., K)
+        - q: (..., K)
+        - output: (...)
+    """
+    check_tensor(p, "p")
+    check_tensor(q, "q")
+    check_floating(p, "p")
+    check_floating(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"q: expected the shape of p {tuple(p.shape)}, got {tuple(q.shape)} (no broadcasting)")
+    if p.dim() == 0:
+        raise ValueError("p: expected shape (..., K) with at least one dim, got a scalar")
+    dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
+    p, q = p.to(dtype), q.to(dtype)
+    s = p + q
+    out = 0.5 * (_sum_xlogx(p) + _sum_xlogx(q) - _sum_xlogx(s)) + 0.5 * LN2 * s.sum(-1)
+    return out.clamp(0.0, LN2)
+
+
+def _cross_block(p_rows: Tensor, q: Tensor, s_buf: Tensor | None, l_buf: Tensor | None) -> Tensor:
+    """``Σ_k s log s`` for ``s = p_rows[:, i] + q[:, j]``: ``(B, r, K), (B, M, K) -> (B, r, M)``.
+
+    Without autograd the two buffers are reused in place (no allocation per block); with autograd
+    the plain out-of-place expression is used so that gradients flow.
+    """
+    if s_buf is None or l_buf is None:
+        s = p_rows.unsqueeze(2) + q.unsqueeze(1)
+        return _sum_xlogx(s)
+    b, r, k = p_rows.shape
+    m = q.shape[1]
+    s = s_buf[: b * r * m * k].view(b, r, m, k)
+    log_s = l_buf[: b * r * m * k].view(b, r, m, k)
+    torch.add(p_rows.unsqueeze(2), q.unsqueeze(1), out=s)
+    torch.clamp_min(s, _tiny(s.dtype), out=log_s)
+    log_s.log_().mul_(s)
+    return log_s.sum(-1)
+
+
+_compiled_block: Callable[[Tensor, Tensor], Tensor] | None = None
+_compile_failed = False
+
+
+def _compiled_cross_block(p_rows: Tensor, q: Tensor) -> Tensor | None:
+    """The fused (``torch.compile``) block, or ``None`` after warning once if compiling fails."""
+    global _compiled_block, _compile_failed
+    if _compile_failed:
+        return None
+    try:
+        if _compiled_block is None:
+            _compiled_block = torch.compile(lambda a, b: _sum_xlogx(a.unsqueeze(2) + b.unsqueeze(1)), dynamic=True)
+        return _compiled_block(p_rows, q)
+    except Exception as err:  # no compiler, unsupported platform, inductor bug ...
+        _compile_failed = True
+        warnings.warn(
+            f"pairwise_js: torch.compile fast path failed ({type(err).__name__}: {err}); "
+            "falling back to the eager kernel for the rest of this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def pairwise_js(
+    p: Tensor,
+    q: Tensor | None = None,
+    *,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    compile: bool = False,
+) -> Tensor:
+    """Jensen–Shannon divergence between every row of ``p`` and every row of ``q``.
+
+    Exact, natural log, values in ``[0, ln 2]``; the diagonal is exactly 0 when ``q`` is omitted.
+    Memory: the output plus two blocks of ``block_elements`` elements, never ``N × M × K``.
+
+    Args:
+        p: per-item distributions (for CD-CLIP: the class distribution of each patch).
+        q: a second set; defaults to ``p`` (then the symmetry halves the work).
+        block_elements: elements of one ``(rows, M, K)`` block (memory/speed trade-off).
+        compile: fuse each block with ``torch.compile`` (faster on large inputs; the first call
+            compiles). If compiling fails the eager kernel is used, with one warning.
+
+    Returns:
+        Divergences in float32 (float64 for float64 inputs).
+
+    Shape:
+        - p: (B, N, K)
+        - q: (B, M, K)
+        - output: (B, N, M)
+    """
+    _check_probs(p, "p", "B N K")
+    symmetric = q is None or q is p
+    if q is None:
+        q = p
+    _check_probs(q, "q", "B M K")
+    if q.shape[0] != p.shape[0] or q.shape[2] != p.shape[2]:
+        raise ValueError(
+            f"q: expected shape (B={p.shape[0]}, M, K={p.shape[2]}) to match p {tuple(p.shape)}, got {tuple(q.shape)}"
+        )
+    if block_elements < 1:
+        raise ValueError(f"block_elements: expected a positive int, got {block_elements}")
+    dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
+    p = p.to(dtype).contiguous()
+    q = p if symmetric else q.to(dtype).contiguous()
+    b, n, k = p.shape
+    m = q.shape[1]
+
+    self_p = _sum_xlogx(p)  # (B, N)
+    self_q = self_p if symmetric else _sum_xlogx(q)
+    mass_p, mass_q = p.sum(-1), (p.sum(-1) if symmetric else q.sum(-1))
+    # ½ Σ p log p + ½ Σ q log q + ½ log 2 · Σ s, all O(N + M); the pairwise term is subtracted below
+    base = 0.5 * (self_p.unsqueeze(2) + self_q.unsqueeze(1)) + 0.5 * LN2 * (mass_p.unsqueeze(2) + mass_q.unsqueeze(1))
+
+    needs_grad = torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)
+    rows = max(1, block_elements // max(1, b * m * k))
+    s_buf = l_buf = None
+    if not needs_grad and not compile:
+        cap = b * min(rows, n) * m * k
+        s_buf = torch.empty(cap, dtype=dtype, device=p.device)
+        l_buf = torch.empty(cap, dtype=dtype, device=p.device)
+
+    def block(p_rows: Tensor, cols: Tensor) -> Tensor:
+        if compile and not needs_grad:
+            fused = _compiled_cross_block(p_rows, cols)
+            if fused is not None:
+                return fused
+        return _cross_block(p_rows, cols, s_buf, l_buf)
+
+    if needs_grad:
+        # autograd path: blocks are concatenated instead of written into a preallocated output
+        parts = [block(p[:, a : a + rows], q) for a in range(0, n, rows)]
+        cross = torch.cat(parts, dim=1)
+        out = base - 0.5 * cross
+    else:
+        out = base
+        if symmetric:
+            for a in range(0, n, rows):
+                e = min(a + rows, n)
+                tri = 0.5 * block(p[:, a:e], p[:, a:])  # rows a:e against columns a:N
+                out[:, a:e, a:] -= tri
+                out[:, e:, a:e] = out[:, a:e, e:].transpose(1, 2)  # the diagonal block is already full
+        else:
+            for a in range(0, n, rows):
+                e = min(a + rows, n)
+                out[:, a:e] -= 0.5 * block(p[:, a:e], q)
+    out = out.clamp(0.0, LN2)
+    if symmetric:  # JS(p, p) = 0 exactly, not a rounding residue
+        out = out.masked_fill(torch.eye(n, dtype=torch.bool, device=p.device), 0.0)
+    return out
+
+
+@register("js_divergence", kind="kernel")
+class JSDivergence(nn.Module):
+    """Pairwise Jensen–Shannon divergence kernel (the Module twin of :func:`pairwise_js`).
+
+    Args:
+        block_elements: elements per row block (memory/speed trade-off).
+        compile: fuse blocks with ``torch.compile`` (falls back to eager, with one warning).
+
+    Shape:
+        - p: (B, N, K)
+        - q: (B, M, K), optional (defaults to p)
+        - output: (B, N, M)
+    """
+
+    def __init__(self, block_elements: int = DEFAULT_BLOCK_ELEMENTS, compile: bool = False) -> None:
+        super().__init__()
+        self.block_elements = block_elements
+        self.compile = compile
+
+    def forward(self, p: Tensor, q: Tensor | None = None) -> Tensor:
+        return pairwise_js(p, q, block_elements=self.block_elements, compile=self.compile)
+
+    def extra_repr(self) -> str:
+        return f"block_elements={self.block_elements}, compile={self.compile}"

@@ -1,0 +1,139 @@
+"""Registry behaviour, plugin loading through a fake entry point, and import lightness."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+
+import pytest
+
+import cdclip
+from cdclip.registry import Registry
+
+
+def test_builtins_are_registered_lazily_and_listed():
+    names = cdclip.list_components()
+    for name in ("js_divergence", "cda_affinity", "cda"):
+        assert name in names
+    assert "cda" in cdclip.list_components(kind="refiner")
+    assert cdclip.get("cda") is cdclip.CDAModule
+
+
+def test_create_passes_arguments():
+    module = cdclip.create("cda", fusion="replace", sigma=0.1)
+    assert isinstance(module, cdclip.CDAModule) and module.fusion == "replace" and module.sigma == 0.1
+
+
+def test_duplicate_names_raise_unless_override():
+    reg = Registry(builtin_modules=())
+
+    class A: ...
+
+    class B: ...
+
+    reg.register("thing", A)
+    reg.register("thing", A)  # the same object again is harmless (module re-import)
+    with pytest.raises(ValueError, match="'thing' is already registered"):
+        reg.register("thing", B)
+    reg.register("thing", B, override=True)
+    assert reg.get("thing") is B
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(KeyError, match=r"Did you mean 'cda'") as info:
+        cdclip.create("cdaa")
+    assert "Registered:" in str(info.value) and "js_divergence" in str(info.value)
+
+
+def test_prefix_factories():
+    reg = Registry(builtin_modules=())
+
+    @reg.register("fake", prefix=True)
+    def build(name, scale=1):
+        return (name, scale)
+
+    assert reg.create("fake:model-x@tag", scale=3) == ("model-x@tag", 3)
+    with pytest.raises(KeyError, match="unknown cdclip component prefix 'nope'"):
+        reg.get("nope:model")
+    with pytest.raises(ValueError, match="must not contain ':'"):
+        reg.register("a:b", build)
+
+
+class _FakeEntryPoint:
+    def __init__(self, name, target):
+        self.name, self.value, self._target = name, f"fake:{name}", target
+
+    def load(self):
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def _fake_entry_points(eps):
+    def entry_points(group=None, **kwargs):
+        return [ep for ep in eps if group == "cdclip.plugins"]
+
+    return entry_points
+
+
+def test_plugins_load_lazily_on_first_miss(monkeypatch):
+    loaded = []
+
+    def plugin(registry):
+        loaded.append(True)
+        registry.register("my_refiner", lambda: "refined", kind="refiner")
+
+    monkeypatch.setattr(
+        metadata,
+        "entry_points",
+        _fake_entry_points(
+            [_FakeEntryPoint("good", plugin), _FakeEntryPoint("broken", ImportError("missing dependency xyz"))]
+        ),
+    )
+    monkeypatch.delenv("CDCLIP_NO_PLUGINS", raising=False)
+    reg = Registry(builtin_modules=())
+    reg.register("local", lambda: 1)
+    assert reg.create("local") == 1 and not loaded  # a hit never scans entry points
+    with pytest.warns(RuntimeWarning, match="plugin 'broken'.*failed to load.*missing dependency xyz"):
+        assert reg.create("my_refiner") == "refined"  # a broken plugin never breaks the rest
+    assert loaded == [True]
+    reg.create("my_refiner")
+    assert loaded == [True]  # plugins are loaded once
+
+
+def test_plugin_autoload_can_be_disabled(monkeypatch):
+    monkeypatch.setattr(
+        metadata, "entry_points", _fake_entry_points([_FakeEntryPoint("good", lambda r: r.register("x", int))])
+    )
+    monkeypatch.setenv("CDCLIP_NO_PLUGINS", "1")
+    reg = Registry(builtin_modules=())
+    with pytest.raises(KeyError, match="autoloading is off"):
+        reg.get("x")
+    reg.load_plugins()  # explicit loading still works
+    assert reg.get("x") is int
+
+
+def test_import_is_light():
+    """`import cdclip` pulls in neither open_clip nor timm (nor the heavy component modules)."""
+    code = textwrap.dedent(
+        """
+        import sys, cdclip
+        heavy = [m for m in ("open_clip", "timm", "pycocotools", "scipy", "cdclip.kernels.js") if m in sys.modules]
+        print(",".join(heavy))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_every_lazy_public_name_resolves():
+    import cdclip.functional as CF
+
+    for name in cdclip.__all__:
+        assert getattr(cdclip, name) is not None, name
+    for name in CF.__all__:
+        assert callable(getattr(CF, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cdclip.nope
