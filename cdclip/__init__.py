@@ -42,7 +42,11 @@ _LAZY: dict[str, str] = {
     # refinement, metrics
     "PAR": "cdclip.refine.par",
     "par": "cdclip.refine.par",
+    "DenseCRF": "cdclip.refine.crf",
     "ConfusionMatrix": "cdclip.metrics",
+    # data
+    "VOCSegmentation": "cdclip.data.voc",
+    "COCOSegmentation": "cdclip.data.coco",
 }
 
 _SUBMODULES = {
@@ -90,4 +94,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
     from cdclip.losses.boundary import BoundaryEnhancedLoss, boundary_enhanced_loss
     from cdclip.metrics import ConfusionMatrix
     from cdclip.prototypes.superclass import SuperClassPrototypes, superclass_prototypes
+    from cdclip.data.coco import COCOSegmentation
+    from cdclip.data.voc import VOCSegmentation
+    from cdclip.refine.crf import DenseCRF
     from cdclip.refine.par import PAR, par

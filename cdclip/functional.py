@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "boundary_enhanced_loss": "cdclip.losses.boundary",
     "balanced_cross_entropy": "cdclip.losses.segmentation",
     "par": "cdclip.refine.par",
+    "par_affinity": "cdclip.refine.par",
+    "dense_crf": "cdclip.refine.crf",
 }
 
 __all__ = sorted(_LAZY)

@@ -55,6 +55,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "cdclip.losses.segmentation",
     "cdclip.losses.affinity",
     "cdclip.refine.par",
+    "cdclip.refine.crf",
     "cdclip.cam.gradcam",
     "cdclip.cam.patch_text",
     "cdclip.backbones.openclip",

@@ -126,7 +126,7 @@ def _infer_grid(n: int, src_grid: tuple[int, int] | None) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------- weights
 def _offline() -> bool:
-    flags = [os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TIMM_OFFLINE", "")]
+    flags = [os.environ.get("HF_HUB_OFFLINE", "")]
     try:
         from huggingface_hub import constants
 
@@ -227,13 +227,14 @@ def _build_timm(
         # through timm's pretrained loader so that its filter converts original DINO/DINOv2 keys
         return create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     if not pretrained:
+        model = create(pretrained=False)
         warnings.warn(
             f"cdclip: timm model {model_name!r} is randomly initialised (pretrained={pretrained!r}); "
             "its features carry no DINO structure. Use this for tests only.",
             UserWarning,
             stacklevel=3,
         )
-        return create(pretrained=False)
+        return model
     cached = _cached_hub_file(hub_id, _hub_cache_dir(cache_dir)) if hub_id else None
     if cached is not None:
         return create(pretrained=True, pretrained_cfg_overlay={"file": cached})
@@ -382,6 +383,8 @@ class DinoBackbone(nn.Module):
                 f"{self.model_name}: got {tokens.shape[1]} patch tokens for a {native[0]}x{native[1]} grid"
             )
         fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *native)
+        # normalise before resampling: every patch direction weighs the same in the interpolation
+        fmap = F.normalize(fmap.float(), dim=1, eps=1e-12)
         return resample_features(fmap, target)
 
     def forward(self, images: Tensor, grid: tuple[int, int] | None = None) -> Tensor:

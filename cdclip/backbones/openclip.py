@@ -145,9 +145,9 @@ def block_forward(
 
 def _resolve_blocks(attn_blocks: int | Sequence[int], depth: int) -> tuple[int, ...]:
     if isinstance(attn_blocks, int):
-        if not 0 <= attn_blocks <= depth:
-            raise ValueError(f"attn_blocks: expected 0..{depth} (the last L blocks), got {attn_blocks}")
-        return tuple(range(depth - attn_blocks, depth))
+        if attn_blocks < 0:
+            raise ValueError(f"attn_blocks: expected L >= 0 (the last L blocks), got {attn_blocks}")
+        return tuple(range(max(0, depth - attn_blocks), depth))  # L > depth: every block
     out = []
     for i in attn_blocks:
         if not -depth <= int(i) < depth:
@@ -266,8 +266,8 @@ class OpenCLIPBackbone(nn.Module):
 
         Args:
             images: normalised images (see :meth:`preprocess`); H and W multiples of the patch size.
-            attn_blocks: the last ``L`` blocks (int) or explicit block indices whose attention to
-                return; 0 skips attention (fastest).
+            attn_blocks: the last ``L`` blocks (int; all blocks when L exceeds the depth) or explicit
+                block indices whose attention to return; 0 skips attention (fastest).
             grad_last_block: make the tokens entering the last block a leaf that requires grad
                 (GradCAM); the earlier blocks always run without autograd.
             return_block_tokens: also return the patch tokens after every block (decoder input).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,10 @@ def _instance_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
         rle = segmentation  # compressed RLE
     else:
         raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
-    return api.decode(rle)
+    with warnings.catch_warnings():
+        # pycocotools' Cython RLE objects predate NumPy 2's ``copy=`` protocol and warn on decode
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return api.decode(rle)
 
 
 def coco_semantic_mask(annotations: Sequence[dict[str, Any]], height: int, width: int) -> np.ndarray:

@@ -31,10 +31,10 @@ __all__ = ["JSDivergence", "js_divergence", "pairwise_js"]
 
 LN2 = math.log(2.0)
 
-# Elements of one ``(rows, M, K)`` block. 2**22 float32 = 16 MiB per buffer (two buffers): small
-# enough to stay near the caches, large enough that per-block overhead is negligible (see
-# benchmarks/js_kernel.py for the sweep that chose it).
-DEFAULT_BLOCK_ELEMENTS = 1 << 22
+# Elements of one ``(rows, M, K)`` block: 2**19 float32 = 2 MiB per buffer (two buffers), small
+# enough to stay in the caches between the passes over a block; larger blocks were up to 1.5x
+# slower on a 2-core CPU (see benchmarks/js_kernel.py --block-sweep).
+DEFAULT_BLOCK_ELEMENTS = 1 << 19
 
 
 def _tiny(dtype: torch.dtype) -> float:
@@ -85,11 +85,14 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return out.clamp(0.0, LN2)
 
 
-def _cross_block(p_rows: Tensor, q: Tensor, s_buf: Tensor | None, l_buf: Tensor | None) -> Tensor:
+def _cross_block(
+    p_rows: Tensor, q: Tensor, s_buf: Tensor | None, l_buf: Tensor | None, has_zeros: bool = True
+) -> Tensor:
     """``Σ_k s log s`` for ``s = p_rows[:, i] + q[:, j]``: ``(B, r, K), (B, M, K) -> (B, r, M)``.
 
     Without autograd the two buffers are reused in place (no allocation per block); with autograd
-    the plain out-of-place expression is used so that gradients flow.
+    the plain out-of-place expression is used so that gradients flow. ``has_zeros=False`` (no
+    zero in either input, the usual case after a softmax) skips the clamp pass.
     """
     if s_buf is None or l_buf is None:
         s = p_rows.unsqueeze(2) + q.unsqueeze(1)
@@ -99,9 +102,12 @@ def _cross_block(p_rows: Tensor, q: Tensor, s_buf: Tensor | None, l_buf: Tensor 
     s = s_buf[: b * r * m * k].view(b, r, m, k)
     log_s = l_buf[: b * r * m * k].view(b, r, m, k)
     torch.add(p_rows.unsqueeze(2), q.unsqueeze(1), out=s)
-    torch.clamp_min(s, _tiny(s.dtype), out=log_s)
-    log_s.log_().mul_(s)
-    return log_s.sum(-1)
+    if has_zeros:
+        torch.clamp_min(s, _tiny(s.dtype), out=log_s)
+        log_s.log_()
+    else:
+        torch.log(s, out=log_s)
+    return torch.linalg.vecdot(s, log_s)
 
 
 _compiled_block: Callable[[Tensor, Tensor], Tensor] | None = None
@@ -179,6 +185,7 @@ def pairwise_js(
     base = 0.5 * (self_p.unsqueeze(2) + self_q.unsqueeze(1)) + 0.5 * LN2 * (mass_p.unsqueeze(2) + mass_q.unsqueeze(1))
 
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)
+    has_zeros = bool((p <= 0).any()) or (not symmetric and bool((q <= 0).any()))
     rows = max(1, block_elements // max(1, b * m * k))
     s_buf = l_buf = None
     if not needs_grad and not compile:
@@ -191,7 +198,7 @@ def pairwise_js(
             fused = _compiled_cross_block(p_rows, cols)
             if fused is not None:
                 return fused
-        return _cross_block(p_rows, cols, s_buf, l_buf)
+        return _cross_block(p_rows, cols, s_buf, l_buf, has_zeros)
 
     if needs_grad:
         # autograd path: blocks are concatenated instead of written into a preallocated output

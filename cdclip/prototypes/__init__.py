@@ -1,1 +1,1 @@
-"""cdclip.prototypes"""
+"""Super-class prototypes for SBE: :mod:`cdclip.prototypes.superclass` (imported on demand)."""

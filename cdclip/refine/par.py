@@ -164,7 +164,8 @@ def par(
         padded = F.pad(out, (pad, pad, pad, pad), mode="replicate")
         refined = torch.zeros_like(out)
         for k, (dy, dx) in enumerate(offsets):
-            refined = refined + weights[:, k : k + 1] * _shifted(padded, pad, dy, dx, height, width)
+            # in place on the fresh accumulator: autograd needs the factors, not its old value
+            refined.addcmul_(weights[:, k : k + 1], _shifted(padded, pad, dy, dx, height, width))
         out = refined
     return out.to(masks.dtype)
 

@@ -1,0 +1,189 @@
+"""Pairwise Jensen–Shannon kernel: speed, accuracy and peak memory.
+
+Compares ``cdclip.functional.pairwise_js`` with ``scipy.spatial.distance.cdist(P, P,
+"jensenshannon") ** 2`` (the float64 oracle) and with a naive broadcast that materialises the
+``N × N × K`` tensor, and puts the kernel next to its floor: the time of ``N²K/2`` vectorised
+logarithms (the symmetric kernel needs one log per pair and class, nothing can do fewer).
+
+Each configuration runs in a fresh subprocess so that the peak resident memory it reports belongs
+to that configuration alone.
+
+    python benchmarks/js_kernel.py                       # full grid, markdown table
+    python benchmarks/js_kernel.py --n 1600 --k 103 --out js.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, caches, compile)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, n, k, generator=gen) * 2.0
+    p = torch.softmax(logits, dim=-1)  # float32, like CLIP patch distributions
+    result: dict = {"method": method, "N": n, "K": k}
+    if method in ("cdclip", "cdclip-compile"):
+        from cdclip.functional import pairwise_js
+
+        compile_ = method == "cdclip-compile"
+        if compile_:
+            pairwise_js(p, compile=True)  # compile outside the timed region
+        before = _rss_mib()
+        out = pairwise_js(p, compile=compile_)
+        result["peak_mib_over_inputs"] = _peak_rss_mib() - before
+        result["output_mib"] = out.numel() * out.element_size() / 2**20
+        result["seconds"] = _median_time(lambda: pairwise_js(p, compile=compile_), repeats)
+        if n <= 1600:
+            from scipy.spatial.distance import cdist
+
+            ref = cdist(p[0].double().numpy(), p[0].double().numpy(), "jensenshannon") ** 2
+            result["max_abs_err_vs_scipy"] = float(np.abs(out[0].double().numpy() - ref).max())
+    elif method == "scipy":
+        from scipy.spatial.distance import cdist
+
+        x = p[0].numpy()
+        result["seconds"] = _median_time(lambda: cdist(x, x, "jensenshannon") ** 2, max(1, repeats // 3))
+    elif method == "naive":
+        need_gib = n * n * k * 4 * 3 / 2**30
+        if need_gib > 4:
+            result["skipped"] = f"needs ~{need_gib:.0f} GiB"
+            return result
+
+        def naive():
+            a, b = p[:, :, None, :], p[:, None, :, :]
+            m = 0.5 * (a + b)
+            kl = lambda x, y: torch.where(x > 0, x * (x / y).log(), torch.zeros(())).sum(-1)  # noqa: E731
+            return 0.5 * kl(a.expand_as(m), m) + 0.5 * kl(b.expand_as(m), m)
+
+        before = _rss_mib()
+        naive()
+        result["peak_mib_over_inputs"] = _peak_rss_mib() - before
+        result["seconds"] = _median_time(naive, max(1, repeats // 2))
+    elif method == "log-floor":
+        # N²K/2 logarithms, in cache-sized blocks like the kernel's, in place
+        total = n * n * k // 2
+        block = min(total, 1 << 22)
+        buf = torch.rand(block) + 0.5
+        reps = total // block
+        tail = total - reps * block
+
+        def logs():
+            for _ in range(reps):
+                torch.log(buf, out=buf)
+                buf.abs_()  # keep the values positive for the next pass; costs about as much as the
+                # multiply the kernel does, so the floor stays honest
+            if tail:
+                torch.log(buf[:tail], out=buf[:tail])
+                buf[:tail].abs_()
+
+        result["seconds"] = _median_time(logs, repeats)
+    return result
+
+
+def run_child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--n", str(n), "--k", str(k), "--repeats", str(repeats), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"method": method, "N": n, "K": k, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[400, 784, 1600, 4096])
+    parser.add_argument("--k", type=int, nargs="+", default=[21, 45, 103])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scipy-max-n", type=int, default=1600, help="skip scipy above this N (it takes minutes)")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile fast path")
+    parser.add_argument("--block-sweep", action="store_true", help="time block sizes 2**16..2**24 at N=1600, K=103")
+    parser.add_argument("--out", default=None, help="write all results as JSON here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(child(args.child, args.n[0], args.k[0], args.repeats, args.threads)))
+        return
+
+    import torch
+
+    if args.block_sweep:
+        from cdclip.functional import pairwise_js
+
+        torch.set_num_threads(args.threads)
+        p = torch.softmax(torch.randn(1, 1600, 103, generator=torch.Generator().manual_seed(0)) * 2, -1)
+        print("| block_elements | MiB per buffer | seconds |\n|---|---|---|")
+        for e in range(16, 25, 2):
+            sec = _median_time(lambda e=e: pairwise_js(p, block_elements=1 << e), args.repeats)
+            print(f"| 2**{e} | {(1 << e) * 4 / 2**20:g} | {sec:.4f} |", flush=True)
+        return
+
+    methods = ["cdclip", "scipy", "naive", "log-floor"] + (["cdclip-compile"] if args.compile else [])
+    rows = []
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, median of {args.repeats}")
+    print()
+    header = "| N | K | cdclip (s) | scipy cdist (s) | speed-up vs scipy | naive (s) | log floor (s) | cdclip / floor | max abs err | peak MiB over inputs (output MiB) |"
+    if args.compile:
+        header += " compiled (s) |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for n in args.n:
+        for k in args.k:
+            res = {m: run_child(m, n, k, args.repeats, args.threads) for m in methods if m != "scipy" or n <= args.scipy_max_n}
+            rows.append(res)
+            c = res["cdclip"]
+            s = res.get("scipy", {})
+            nv = res["naive"]
+            fl = res["log-floor"]
+            speedup = s["seconds"] / c["seconds"] if "seconds" in s else float("nan")
+            line = (
+                f"| {n} | {k} | {c['seconds']:.4f} | {s.get('seconds', float('nan')):.3f} | {speedup:.0f}× | "
+                f"{nv['seconds']:.3f} | {fl['seconds']:.4f} | {c['seconds'] / fl['seconds']:.2f} | "
+                f"{c.get('max_abs_err_vs_scipy', float('nan')):.1e} | {c['peak_mib_over_inputs']:.0f} ({c['output_mib']:.0f}) |"
+                if "seconds" in nv
+                else f"| {n} | {k} | {c['seconds']:.4f} | {s.get('seconds', float('nan')):.3f} | {speedup:.0f}× | "
+                f"{nv.get('skipped', 'n/a')} | {fl['seconds']:.4f} | {c['seconds'] / fl['seconds']:.2f} | "
+                f"{c.get('max_abs_err_vs_scipy', float('nan')):.1e} | {c['peak_mib_over_inputs']:.0f} ({c['output_mib']:.0f}) |"
+            )
+            if args.compile:
+                line += f" {res['cdclip-compile'].get('seconds', float('nan')):.4f} |"
+            print(line, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": args.threads, "results": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""Super-class prototype CAMs, boundary band and corrected labels (SBE, DESIGN §3.5 steps 3–7).
+
+CDA completes objects but can leak activation across the edge between two touching target classes
+(a person's CAM spilling onto the dog beside them). DINO features separate such *super-classes*
+well, so SBE builds one DINO prototype per super-class from confident seeds, asks every pixel which
+prototype it resembles most, and takes the pixels where that super-class map changes as the
+*boundary band*. Inside the band the pseudo labels are corrected where their super-class disagrees
+with DINO's; :class:`~cdclip.losses.boundary.BoundaryEnhancedLoss` then supervises the band.
+
+Steps (every threshold and size is an argument):
+
+3. super-class CAM ``M_s = max_{c present, g(c)=s} M_c``; background ``1 − max_{c present} M_c``;
+4. prototype ``p_s`` = average of the DINO features over the seeds of ``s`` — pixels whose pseudo
+   label belongs to ``s`` and where ``M_s > seed_threshold`` — (``weighting="mask"``) or the same
+   average weighted by ``M_s`` (``weighting="cam"``); then L2-normalised. Seeds are found at label
+   resolution and pooled onto the feature grid (each patch weighs its share of seed pixels);
+5. prototype CAM ``Q_s(i) = ReLU(cos(f_i, p_s))`` divided by its spatial maximum; super-class map
+   ``S* = argmax_s Q_s`` after bilinear upsampling to label resolution;
+6. band ``B`` = labelled pixels where ``dilate(S*) ≠ erode(S*)`` in a ``k × k`` window (``k = 5``);
+7. on ``B``: keep the pseudo label ``Y`` if ``g(Y) = S*``; otherwise background if ``S*`` is the
+   background; otherwise the present class of ``S*`` with the highest (upsampled) CAM; otherwise
+   ignore. Outside ``B`` the corrected labels equal ``Y``.
+
+Fallbacks (documented behaviour, never NaN): a super-class that is absent from the image labels, or
+present but without a single confident seed, gets a zero prototype, ``valid = False``, an all-zero
+prototype CAM, and is excluded from the argmax. Pixels where no valid prototype has a positive
+response (for example an image where nothing is valid) get ``S* = ignore_index``; they are never in
+the band and keep their pseudo label. Pseudo-label pixels equal to ``ignore_index`` stay ignored
+unless ``fill_ignored=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip.backbones.dino import resample_features
+from cdclip.data.superclasses import GroupingSpec, SuperClassGrouping, superclass_grouping
+from cdclip.registry import register
+
+__all__ = ["SBEOutput", "SuperClassPrototypes", "boundary_band", "superclass_prototypes"]
+
+WEIGHTINGS = ("mask", "cam")
+FEATURE_RESOLUTIONS = ("cam", "native")
+
+
+class SBEOutput(NamedTuple):
+    """Everything SBE computes for a batch.
+
+    Shape:
+        - superclass_cams: (B, S, h, w) — ``M_s`` on the CAM grid (background row = 1 − max CAM)
+        - prototypes: (B, S, D) — L2-normalised, zero where not ``valid``
+        - valid: (B, S) — bool, the super-class had confident seeds and is present
+        - prototype_cams: (B, S, h, w) — ``Q_s`` in [0, 1] (``(h', w')`` with ``feature_resolution="native"``)
+        - superclass_map: (B, H, W) — int64 ``S*`` at label resolution, ``ignore_index`` where unassigned
+        - band: (B, H, W) — bool boundary band
+        - corrected_labels: (B, H, W) — int64 pseudo labels corrected on the band
+    """
+
+    superclass_cams: Tensor
+    prototypes: Tensor
+    valid: Tensor
+    prototype_cams: Tensor
+    superclass_map: Tensor
+    band: Tensor
+    corrected_labels: Tensor
+
+
+# ---------------------------------------------------------------------- band
+def boundary_band(label_map: Tensor, kernel_size: int = 5, ignore_index: int = 255) -> Tensor:
+    """Pixels whose ``k × k`` neighbourhood holds more than one label: ``dilate(Y) ≠ erode(Y)``.
+
+    Grey dilation and erosion of the label values (exact for integer labels), each as two 1-D
+    sliding maxima on integer tensors (a square window is separable); ``ignore_index`` pixels take
+    part in neither and are never in the band, and the image border does not create a boundary.
+    ``kernel_size=1`` gives an empty band.
+
+    Args:
+        label_map: integer labels.
+        kernel_size: odd window size ``k``.
+        ignore_index: label value treated as "no label".
+
+    Shape:
+        - label_map: (B, H, W)
+        - output: (B, H, W) bool
+    """
+    check_rank(label_map, "label_map", "B H W")
+    if label_map.is_floating_point() or label_map.is_complex() or label_map.dtype == torch.bool:
+        raise TypeError(f"label_map: expected an integer label map, got dtype {label_map.dtype}")
+    k = _check_kernel(kernel_size)
+    labelled = label_map != ignore_index
+    if k == 1:
+        return torch.zeros_like(labelled)
+    values = label_map.to(torch.int32)
+    lowest = -torch.iinfo(torch.int32).max  # loses every max; its negation does not overflow
+    # ignore pixels must lose both maxima: the dilation of Y and the dilation of -Y (= -erosion)
+    low = values.masked_fill(~labelled, lowest)
+    high = (-values).masked_fill(~labelled, lowest)
+    dilated = _sliding_max(_sliding_max(low, k, 2, lowest), k, 1, lowest)
+    eroded = -_sliding_max(_sliding_max(high, k, 2, lowest), k, 1, lowest)
+    return labelled & (dilated != eroded)
+
+
+def _sliding_max(x: Tensor, k: int, dim: int, fill: int) -> Tensor:
+    """Centred running maximum of odd width ``k`` along ``dim`` of a (B, H, W) tensor, padded with ``fill``."""
+    n, half = x.shape[dim], k // 2
+    padded = F.pad(x, (half, half) if dim == 2 else (0, 0, half, half), value=fill)
+    out = padded.narrow(dim, 0, n)
+    for offset in range(1, k):
+        out = torch.maximum(out, padded.narrow(dim, offset, n))
+    return out
+
+
+def _check_kernel(kernel_size: object) -> int:
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"band_kernel: expected an odd positive int, got {kernel_size!r}")
+    return kernel_size
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _resolve_grouping(grouping: GroupingSpec, num_classes: int) -> SuperClassGrouping:
+    if isinstance(grouping, str) and grouping.lower() in ("identity", "fg", "foreground"):
+        resolved = superclass_grouping(grouping, num_classes)
+    else:
+        resolved = superclass_grouping(grouping)
+    if resolved.num_classes != num_classes:
+        raise ValueError(
+            f"grouping: it covers {resolved.num_classes} classes but cams have C = {num_classes} "
+            "(label/CAM/grouping class counts differ)"
+        )
+    return resolved
+
+
+def _feature_map(features: Tensor, batch: int, cam_grid: tuple[int, int], feature_grid: Sequence[int] | None) -> Tensor:
+    check_tensor(features, "features")
+    check_floating(features, "features")
+    if features.dim() == 3:
+        b, n, d = features.shape
+        if feature_grid is not None:
+            fh, fw = int(feature_grid[0]), int(feature_grid[1])
+            if fh * fw != n:
+                raise ValueError(f"feature_grid: {fh}x{fw} = {fh * fw} patches, but features have N = {n}")
+        elif n == cam_grid[0] * cam_grid[1]:
+            fh, fw = cam_grid
+        else:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(
+                    f"features: N = {n} matches neither the CAM grid {cam_grid[0]}x{cam_grid[1]} nor a square "
+                    "grid; pass feature_grid=(h', w') or features as (B, D, h', w')"
+                )
+            fh, fw = side, side
+        fmap = features.transpose(1, 2).reshape(b, d, fh, fw)
+    elif features.dim() == 4:
+        fmap = features
+    else:
+        raise ValueError(f"features: expected shape (B, N, D) or (B, D, h', w'), got {tuple(features.shape)}")
+    if fmap.shape[0] != batch:
+        raise ValueError(f"features: expected batch size B = {batch} (from cams), got {fmap.shape[0]}")
+    return fmap
+
+
+def _present(labels: Tensor, cams: Tensor) -> Tensor:
+    check_tensor(labels, "labels")
+    b, c = cams.shape[:2]
+    if labels.dim() != 2 or labels.shape != (b, c):
+        hint = " (label/CAM class counts differ)" if labels.dim() == 2 and labels.shape[0] == b else ""
+        raise ValueError(
+            f"labels: expected image labels of shape (B, C) = ({b}, {c}) matching cams, got {tuple(labels.shape)}{hint}"
+        )
+    if labels.dtype == torch.bool:
+        return labels
+    return labels > 0.5
+
+
+# ---------------------------------------------------------------------- main function
+def superclass_prototypes(
+    cams: Tensor,
+    labels: Tensor,
+    features: Tensor,
+    pseudo_labels: Tensor,
+    grouping: GroupingSpec = "voc",
+    *,
+    seed_threshold: float = 0.5,
+    band_kernel: int = 5,
+    weighting: str = "mask",
+    ignore_index: int = 255,
+    feature_grid: Sequence[int] | None = None,
+    feature_resolution: str = "cam",
+    fill_ignored: bool = False,
+) -> SBEOutput:
+    """Super-class CAMs, DINO prototypes, prototype CAMs, boundary band and corrected labels.
+
+    Args:
+        cams: refined CAMs of the ``C`` foreground classes, values in ``[0, 1]``.
+        labels: image-level labels (0/1, float or bool); only present classes count.
+        features: DINO patch features, ``(B, N, D)`` row-major or ``(B, D, h', w')``; normalised
+            here, and resampled to the CAM grid when it differs (``feature_resolution="cam"``).
+        pseudo_labels: class ids ``0..C`` (0 = background), ``ignore_index`` = ignore.
+        grouping: a :class:`SuperClassGrouping` or anything :func:`superclass_grouping` accepts
+            (``"voc"``, ``"coco"``, ``"identity"``, ``"fg"``, a mapping).
+        seed_threshold: seeds need ``M_s > seed_threshold``.
+        band_kernel: odd window size of the band at label resolution.
+        weighting: ``"mask"`` (plain average over seeds) or ``"cam"`` (weighted by ``M_s``).
+        ignore_index: ignore value of the label maps (also used for unassigned ``S*``).
+        feature_grid: ``(h', w')`` of ``(B, N, D)`` features when ``N`` is neither ``h·w`` nor square.
+        feature_resolution: ``"cam"`` resamples features to the CAM grid first (outputs on
+            ``(h, w)``); ``"native"`` keeps the feature grid (finer DINO grids give finer maps).
+        fill_ignored: also relabel ignored pseudo-label pixels inside the band.
+
+    Returns:
+        :class:`SBEOutput`. Computed in float32 (float64 for float64 CAMs); nothing is NaN.
+
+    Shape:
+        - cams: (B, C, h, w)
+        - labels: (B, C)
+        - features: (B, N, D) or (B, D, h', w')
+        - pseudo_labels: (B, H, W)
+        - output.superclass_cams: (B, S, h, w)
+        - output.prototypes: (B, S, D)
+        - output.valid: (B, S)
+        - output.prototype_cams: (B, S, h, w)
+        - output.superclass_map, output.band, output.corrected_labels: (B, H, W)
+    """
+    check_rank(cams, "cams", "B C h w")
+    check_floating(cams, "cams")
+    b, c, h, w = cams.shape
+    present = _present(labels, cams)
+    check_rank(pseudo_labels, "pseudo_labels", "B H W")
+    if pseudo_labels.is_floating_point() or pseudo_labels.is_complex() or pseudo_labels.dtype == torch.bool:
+        raise TypeError(f"pseudo_labels: expected integer class ids, got dtype {pseudo_labels.dtype}")
+    if pseudo_labels.shape[0] != b:
+        raise ValueError(f"pseudo_labels: expected batch size B = {b} (from cams), got {pseudo_labels.shape[0]}")
+    if not 0.0 <= float(seed_threshold) < 1.0:
+        raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
+    k = _check_kernel(band_kernel)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    if feature_resolution not in FEATURE_RESOLUTIONS:
+        raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
+    y = pseudo_labels.long()
+    out_of_range = (y != ignore_index) & ((y < 0) | (y > c))
+    if bool(out_of_range.any()):
+        bad = torch.unique(y[out_of_range])[:8].tolist()
+        raise ValueError(f"pseudo_labels: expected class ids in 0..{c} or {ignore_index}, got {bad}")
+    groups = _resolve_grouping(grouping, c)
+    fmap = _feature_map(features, b, (h, w), feature_grid)
+
+    device, dtype = cams.device, compute_dtype(cams)
+    s_count, bg = groups.num_superclasses, groups.background
+    big_h, big_w = y.shape[-2:]
+    member = groups.membership(device)  # (S, C)
+    class_to_super = groups.class_to_super.to(device)
+
+    # 3. super-class CAMs on the CAM grid (absent classes contribute nothing)
+    cams_p = cams.to(dtype) * present[:, :, None, None].to(dtype)
+    s_index = torch.arange(s_count, device=device)
+    is_bg = (s_index == bg)[None, :, None, None]
+    sc_cams = torch.where(member[None, :, :, None, None], cams_p[:, None], cams_p.new_zeros(())).amax(2)
+    sc_cams = torch.where(is_bg, (1.0 - cams_p.amax(1, keepdim=True)).clamp(0.0, 1.0), sc_cams)
+    sc_present = (member[None] & present[:, None, :]).any(-1) | (s_index == bg)[None, :]
+
+    # DINO features on the working grid, unit length
+    if feature_resolution == "cam":
+        fmap = resample_features(fmap.to(dtype), (h, w))
+    else:
+        fmap = F.normalize(fmap.to(dtype), dim=1, eps=1e-12)
+    fh, fw = fmap.shape[-2:]
+    feats = fmap.flatten(2)  # (B, D, N)
+
+    # 4. seeds at label resolution, pooled onto the feature grid as per-patch weights
+    sc_up = F.interpolate(sc_cams, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    y_super = groups.map_labels(y, ignore_index)
+    seeds = (y_super[:, None] == s_index[None, :, None, None]) & (sc_up > seed_threshold)
+    seed_weight = seeds.to(dtype) if weighting == "mask" else seeds.to(dtype) * sc_up
+    patch_weight = F.adaptive_avg_pool2d(seed_weight, (fh, fw)).flatten(2)  # (B, S, N)
+    proto = torch.bmm(patch_weight, feats.transpose(1, 2))  # (B, S, D), a positive multiple of the mean
+    valid = sc_present & (patch_weight.sum(-1) > 0) & (proto.norm(dim=-1) > 0)
+    proto = F.normalize(proto, dim=-1, eps=1e-12) * valid[..., None].to(dtype)
+
+    # 5. prototype CAMs, max-normalised; S* at label resolution over valid super-classes only
+    q = torch.bmm(proto, feats).clamp_min(0.0)  # (B, S, N)
+    q = q / q.amax(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    q_map = q.view(b, s_count, fh, fw)
+    q_up = F.interpolate(q_map, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    q_up = q_up.masked_fill(~valid[:, :, None, None], -1.0)
+    best, s_map = q_up.max(1)
+    s_map = torch.where(best > 0, s_map, torch.full_like(s_map, ignore_index))
+
+    # 6. boundary band of S*
+    band = boundary_band(s_map, k, ignore_index)
+
+    # 7. corrected labels on the band
+    assigned = s_map != ignore_index
+    fix = band & assigned & (y_super != s_map)
+    if not fill_ignored:
+        fix &= y != ignore_index
+    replacement = torch.full_like(y, ignore_index)
+    replacement = torch.where(s_map == bg, torch.zeros_like(y), replacement)
+    # best present class of S*: only present classes are upsampled (padded to the batch maximum)
+    n_present = max(int(present.sum(1).max()), 1) if b else 1
+    order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_present]  # (B, P)
+    order_valid = torch.gather(present, 1, order)
+    order_cams = torch.gather(cams_p, 1, order[:, :, None, None].expand(-1, -1, h, w))
+    order_up = F.interpolate(order_cams, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    in_super = (class_to_super[order][:, :, None, None] == s_map[:, None]) & order_valid[:, :, None, None]
+    _, best_slot = order_up.masked_fill(~in_super, -math.inf).max(1)
+    best_class = torch.gather(order, 1, best_slot.flatten(1)).view(b, big_h, big_w) + 1
+    has_class = in_super.any(1)
+    replacement = torch.where((s_map != bg) & has_class, best_class, replacement)
+    corrected = torch.where(fix, replacement, y)
+
+    prototype_cams = q_map
+    return SBEOutput(sc_cams, proto, valid, prototype_cams, s_map, band, corrected)
+
+
+@register("superclass_prototypes", kind="prototypes")
+class SuperClassPrototypes(nn.Module):
+    """SBE: DINO super-class prototype CAMs, boundary band and band-corrected pseudo labels.
+
+    Stores the grouping and hyper-parameters; ``forward`` calls :func:`superclass_prototypes`.
+
+    Args:
+        grouping: ``"voc"`` (person/animal/vehicle/indoor), ``"coco"`` (12 supercategories),
+            ``"identity"``, ``"fg"``, a mapping, or a :class:`SuperClassGrouping`.
+        class_names: class names (or count) for ``"identity"``/``"fg"``/mappings; optional otherwise.
+        seed_threshold: seeds need super-class CAM ``> seed_threshold`` (0.5).
+        band_kernel: odd band window at label resolution (5).
+        weighting: ``"mask"`` or ``"cam"`` prototype averaging.
+        ignore_index: ignore label (255).
+        feature_resolution: ``"cam"`` (resample DINO features to the CAM grid) or ``"native"``.
+        fill_ignored: relabel ignored pseudo-label pixels inside the band too.
+
+    Shape:
+        - cams: (B, C, h, w)
+        - labels: (B, C)
+        - features: (B, N, D) or (B, D, h', w')
+        - pseudo_labels: (B, H, W)
+        - output: :class:`SBEOutput` (maps (B, S, h, w), band and labels (B, H, W))
+    """
+
+    def __init__(
+        self,
+        grouping: GroupingSpec = "voc",
+        class_names: Sequence[str] | int | None = None,
+        seed_threshold: float = 0.5,
+        band_kernel: int = 5,
+        weighting: str = "mask",
+        ignore_index: int = 255,
+        feature_resolution: str = "cam",
+        fill_ignored: bool = False,
+    ) -> None:
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+        if feature_resolution not in FEATURE_RESOLUTIONS:
+            raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
+        if not 0.0 <= float(seed_threshold) < 1.0:
+            raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
+        self.band_kernel = _check_kernel(band_kernel)
+        lazy = isinstance(grouping, str) and grouping.lower() in ("identity", "fg", "foreground") and class_names is None
+        # identity/fg without class names are resolved per call from C
+        self.grouping: GroupingSpec = grouping if lazy else superclass_grouping(grouping, class_names)
+        self.seed_threshold = float(seed_threshold)
+        self.weighting = weighting
+        self.ignore_index = int(ignore_index)
+        self.feature_resolution = feature_resolution
+        self.fill_ignored = bool(fill_ignored)
+
+    def forward(
+        self,
+        cams: Tensor,
+        labels: Tensor,
+        features: Tensor,
+        pseudo_labels: Tensor,
+        feature_grid: Sequence[int] | None = None,
+    ) -> SBEOutput:
+        return superclass_prototypes(
+            cams,
+            labels,
+            features,
+            pseudo_labels,
+            self.grouping,
+            seed_threshold=self.seed_threshold,
+            band_kernel=self.band_kernel,
+            weighting=self.weighting,
+            ignore_index=self.ignore_index,
+            feature_grid=feature_grid,
+            feature_resolution=self.feature_resolution,
+            fill_ignored=self.fill_ignored,
+        )
+
+    def extra_repr(self) -> str:
+        names = self.grouping.names if isinstance(self.grouping, SuperClassGrouping) else self.grouping
+        return (
+            f"superclasses={names}, seed_threshold={self.seed_threshold}, band_kernel={self.band_kernel}, "
+            f"weighting={self.weighting!r}, feature_resolution={self.feature_resolution!r}"
+        )
