@@ -37,8 +37,18 @@ _LAZY: dict[str, str] = {
     # SBE
     "SuperClassPrototypes": "cdclip.prototypes.superclass",
     "superclass_prototypes": "cdclip.prototypes.superclass",
+    "SBEOutput": "cdclip.prototypes.superclass",
+    "boundary_band": "cdclip.prototypes.superclass",
+    "superclass_grouping": "cdclip.data.superclasses",
+    "SuperClassGrouping": "cdclip.data.superclasses",
     "BoundaryEnhancedLoss": "cdclip.losses.boundary",
     "boundary_enhanced_loss": "cdclip.losses.boundary",
+    "BalancedCrossEntropy": "cdclip.losses.segmentation",
+    "balanced_cross_entropy": "cdclip.losses.segmentation",
+    "AffinityLoss": "cdclip.losses.affinity",
+    "affinity_loss": "cdclip.losses.affinity",
+    # backbones (open_clip / timm are imported only when one is built)
+    "DinoBackbone": "cdclip.backbones.dino",
     # refinement, metrics
     "PAR": "cdclip.refine.par",
     "par": "cdclip.refine.par",
@@ -91,9 +101,13 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
     )
     from cdclip.affinity.transition import TransitionMatrix, transition_matrix
     from cdclip.kernels.js import JSDivergence, js_divergence, pairwise_js
+    from cdclip.backbones.dino import DinoBackbone
+    from cdclip.data.superclasses import SuperClassGrouping, superclass_grouping
+    from cdclip.losses.affinity import AffinityLoss, affinity_loss
     from cdclip.losses.boundary import BoundaryEnhancedLoss, boundary_enhanced_loss
+    from cdclip.losses.segmentation import BalancedCrossEntropy, balanced_cross_entropy
     from cdclip.metrics import ConfusionMatrix
-    from cdclip.prototypes.superclass import SuperClassPrototypes, superclass_prototypes
+    from cdclip.prototypes.superclass import SBEOutput, SuperClassPrototypes, boundary_band, superclass_prototypes
     from cdclip.data.coco import COCOSegmentation
     from cdclip.data.voc import VOCSegmentation
     from cdclip.refine.crf import DenseCRF

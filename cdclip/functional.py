@@ -22,6 +22,8 @@ _LAZY: dict[str, str] = {
     "boundary_band": "cdclip.prototypes.superclass",
     "boundary_enhanced_loss": "cdclip.losses.boundary",
     "balanced_cross_entropy": "cdclip.losses.segmentation",
+    "affinity_loss": "cdclip.losses.affinity",
+    "resample_features": "cdclip.backbones.dino",
     "par": "cdclip.refine.par",
     "par_affinity": "cdclip.refine.par",
     "dense_crf": "cdclip.refine.crf",
