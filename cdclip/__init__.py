@@ -49,6 +49,16 @@ _LAZY: dict[str, str] = {
     "affinity_loss": "cdclip.losses.affinity",
     # backbones (open_clip / timm are imported only when one is built)
     "DinoBackbone": "cdclip.backbones.dino",
+    "OpenCLIPBackbone": "cdclip.backbones.openclip",
+    "build_text_classifier": "cdclip.backbones.text",
+    # CLIP CAMs, refinement glue and training-free pseudo labels
+    "CLIPGradCAM": "cdclip.cam.gradcam",
+    "clip_gradcam": "cdclip.cam.gradcam",
+    "PatchTextCAM": "cdclip.cam.patch_text",
+    "patch_text_cam": "cdclip.cam.patch_text",
+    "CAMRefiner": "cdclip.cam.refine",
+    "refine_cams": "cdclip.cam.refine",
+    "PseudoLabeler": "cdclip.pipeline.pseudo_labels",
     # refinement, metrics
     "PAR": "cdclip.refine.par",
     "par": "cdclip.refine.par",
@@ -100,15 +110,26 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
         class_probs_from_features,
     )
     from cdclip.affinity.transition import TransitionMatrix, transition_matrix
-    from cdclip.kernels.js import JSDivergence, js_divergence, pairwise_js
     from cdclip.backbones.dino import DinoBackbone
+    from cdclip.backbones.openclip import OpenCLIPBackbone
+    from cdclip.backbones.text import build_text_classifier
+    from cdclip.cam.gradcam import CLIPGradCAM, clip_gradcam
+    from cdclip.cam.patch_text import PatchTextCAM, patch_text_cam
+    from cdclip.cam.refine import CAMRefiner, refine_cams
+    from cdclip.data.coco import COCOSegmentation
     from cdclip.data.superclasses import SuperClassGrouping, superclass_grouping
+    from cdclip.data.voc import VOCSegmentation
+    from cdclip.kernels.js import JSDivergence, js_divergence, pairwise_js
     from cdclip.losses.affinity import AffinityLoss, affinity_loss
     from cdclip.losses.boundary import BoundaryEnhancedLoss, boundary_enhanced_loss
     from cdclip.losses.segmentation import BalancedCrossEntropy, balanced_cross_entropy
     from cdclip.metrics import ConfusionMatrix
-    from cdclip.prototypes.superclass import SBEOutput, SuperClassPrototypes, boundary_band, superclass_prototypes
-    from cdclip.data.coco import COCOSegmentation
-    from cdclip.data.voc import VOCSegmentation
+    from cdclip.pipeline.pseudo_labels import PseudoLabeler
+    from cdclip.prototypes.superclass import (
+        SBEOutput,
+        SuperClassPrototypes,
+        boundary_band,
+        superclass_prototypes,
+    )
     from cdclip.refine.crf import DenseCRF
     from cdclip.refine.par import PAR, par

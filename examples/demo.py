@@ -36,8 +36,9 @@ def _panel(values: torch.Tensor, scale: int = 12) -> np.ndarray:
 
 
 def scene_demo(out_dir: Path) -> None:
-    import cdclip
     from scenes import two_part_scene
+
+    import cdclip
 
     scene = two_part_scene()
     results = {
