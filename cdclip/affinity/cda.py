@@ -346,24 +346,13 @@ class CDAModule(nn.Module):
         self.affinity, self.sigma, self.beta = affinity, sigma, beta
         self.sinkhorn_iters, self.power = sinkhorn_iters, power
 
+    def hparams(self) -> dict[str, object]:
+        """The constructor arguments, e.g. ``CDAModule(**{**m.hparams(), "fusion": "attn"})``."""
+        names = ("fusion", "gamma", "box_threshold", "affinity", "sigma", "beta", "sinkhorn_iters", "power")
+        return {name: getattr(self, name) for name in names}
+
     def forward(self, cams: Tensor, probs: Tensor | None = None, attn: Tensor | None = None) -> Tensor:
-        return cda_refine(
-            cams,
-            probs,
-            attn,
-            fusion=self.fusion,
-            gamma=self.gamma,
-            box_threshold=self.box_threshold,
-            affinity=self.affinity,
-            sigma=self.sigma,
-            beta=self.beta,
-            sinkhorn_iters=self.sinkhorn_iters,
-            power=self.power,
-        )
+        return cda_refine(cams, probs, attn, **self.hparams())  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
-        return (
-            f"fusion={self.fusion!r}, gamma={self.gamma}, box_threshold={self.box_threshold}, "
-            f"affinity={self.affinity!r}, sigma={self.sigma}, beta={self.beta}, "
-            f"sinkhorn_iters={self.sinkhorn_iters}, power={self.power}"
-        )
+        return ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

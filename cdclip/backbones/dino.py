@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_tensor
+from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
 from cdclip.registry import register
 
 __all__ = [
@@ -48,8 +47,6 @@ __all__ = [
 
 DEFAULT_DINO = "vit_base_patch16_224.dino"
 FEATURES = ("tokens", "keys")
-# Seconds allowed to reach the Hugging Face endpoint before declaring the machine offline.
-CONNECT_TIMEOUT_S = 3.0
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -125,17 +122,6 @@ def _infer_grid(n: int, src_grid: tuple[int, int] | None) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------- weights
-def _offline() -> bool:
-    flags = [os.environ.get("HF_HUB_OFFLINE", "")]
-    try:
-        from huggingface_hub import constants
-
-        flags.append("1" if constants.HF_HUB_OFFLINE else "")
-    except ImportError:  # pragma: no cover - huggingface_hub comes with timm
-        pass
-    return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
-
-
 def _hub_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str | None:
     if cache_dir is not None:
         return os.fspath(cache_dir)
@@ -144,35 +130,6 @@ def _hub_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str | None:
     if os.environ.get("HF_HOME"):
         return os.path.join(os.environ["HF_HOME"], "hub")
     return None  # huggingface_hub's own default
-
-
-def _cached_hub_file(hub_id: str, cache_dir: str | None) -> str | None:
-    """Path of a cached weight file of ``hub_id`` ("org/name[@revision]"), or None. Never networks."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
-    repo_id, _, revision = hub_id.partition("@")
-    for filename in _HUB_FILES:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
-        if isinstance(found, str) and os.path.isfile(found):
-            return found
-    return None
-
-
-def _hub_reachable() -> bool:
-    """One short TCP connect to the hub; a proxy setting skips the probe (it cannot be judged here)."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
 
 
 def _weights_message(model_name: str, hub_id: str | None, url: str | None, reason: str) -> str:
@@ -235,16 +192,16 @@ def _build_timm(
             stacklevel=3,
         )
         return model
-    cached = _cached_hub_file(hub_id, _hub_cache_dir(cache_dir)) if hub_id else None
+    cached = None
+    if hub_id:
+        repo_id, _, revision = hub_id.partition("@")
+        cached = cached_hub_file(repo_id, _HUB_FILES, _hub_cache_dir(cache_dir), revision or None)
     if cached is not None:
         return create(pretrained=True, pretrained_cfg_overlay={"file": cached})
-    if _offline():
+    reason = hub_unavailable_reason()
+    if reason is not None:
         raise PretrainedWeightsError(
-            _weights_message(model_name, hub_id, url, "offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache")
-        )
-    if not _hub_reachable():
-        raise PretrainedWeightsError(
-            _weights_message(model_name, hub_id, url, "not in the Hugging Face cache and the hub is unreachable")
+            _weights_message(model_name, hub_id, url, f"not in the Hugging Face cache and {reason}")
         )
     try:
         if cache_dir is not None:

@@ -24,7 +24,6 @@ local file; it never retries.
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdclip._checks import check_floating, check_rank
+from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
 from cdclip.registry import register
 
 __all__ = [
@@ -384,35 +384,19 @@ def _cached_weights(model: str, tag: str, cache_dir: str | None) -> str | None:
         return cfg["file"] if os.path.isfile(cfg["file"]) else None
     hub = cfg.get("hf_hub", "")
     if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo_id, filename = os.path.split(hub)
-            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-            if filename.endswith((".bin", ".pth")):
-                names.insert(0, filename[:-4] + ".safetensors")
-            for fn in names:
-                path = try_to_load_from_cache(repo_id, fn, cache_dir=cache_dir)
-                if isinstance(path, str) and os.path.isfile(path):
-                    return path
+        repo_id, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        path = cached_hub_file(repo_id, names, cache_dir)
+        if path is not None:
+            return path
     url = cfg.get("url", "")
     if url:
         path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
         if path.is_file():
             return str(path)
     return None
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def create_openclip(
@@ -471,10 +455,11 @@ def create_openclip(
             )
         mean, std = cfg.get("mean", mean), cfg.get("std", std)
         path = _cached_weights(model_name, str(weights), cache_dir)
-        if path is None and not _hub_reachable():
+        reason = hub_unavailable_reason() if path is None else None
+        if reason is not None:
             raise RuntimeError(
-                f"open_clip weights for {model_name}@{weights} are not in the local cache and the download "
-                "hub cannot be reached (offline). Pass a local checkpoint instead: "
+                f"open_clip weights for {model_name}@{weights} are not in the local cache and {reason}. "
+                "Pass a local checkpoint instead: "
                 f"create_openclip('{model_name}', weights='/path/to/{model_name}.pt') or on the command line "
                 f"`--weights /path/to/{model_name}.pt` (OpenAI's ViT-B-16.pt or an open_clip "
                 "open_clip_pytorch_model.bin), or fill the cache on a connected machine with "

@@ -103,16 +103,7 @@ def refine_cams(
 def _with_fusion(module: CDAModule, fusion: str) -> CDAModule:
     if module.fusion == fusion:
         return module
-    return CDAModule(
-        fusion=fusion,  # type: ignore[arg-type]
-        gamma=module.gamma,
-        box_threshold=module.box_threshold,
-        affinity=module.affinity,
-        sigma=module.sigma,
-        beta=module.beta,
-        sinkhorn_iters=module.sinkhorn_iters,
-        power=module.power,
-    )
+    return CDAModule(**{**module.hparams(), "fusion": fusion})  # type: ignore[arg-type]
 
 
 class CAMRefiner(nn.Module):
