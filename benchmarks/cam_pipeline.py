@@ -1,4 +1,4 @@
-"""Per-image cost of the CAM pipeline stages on CPU, and memory of ``cdclip cams`` over many images.
+"""Per-image cost of the CAM pipeline stages (CPU or GPU), and memory of ``cdclip cams`` over many images.
 
 Stages (random-init open_clip ViT-B-16, one VOC sample image resized to a 512-px long side):
 CLIP forward (attention of the last 8 blocks, autograd on the last block), GradCAM of the present
@@ -41,16 +41,23 @@ def _sample_root() -> Path:
     raise FileNotFoundError("no sample data (../shared/data or examples/data)")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn, repeats: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         result = fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
 
-def stage_times(long_side: int, repeats: int) -> dict[str, float]:
+def stage_times(long_side: int, repeats: int, device: str = "cpu") -> dict[str, float]:
     from cdclip.backbones.openclip import create_openclip
     from cdclip.backbones.text import build_text_classifier
     from cdclip.cam.gradcam import clip_gradcam
@@ -61,13 +68,13 @@ def stage_times(long_side: int, repeats: int) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = create_openclip("ViT-B-16", weights=None)
+        backbone = create_openclip("ViT-B-16", weights=None).to(device)
     root = _sample_root() / "VOC2012"
     name = "2007_004189"
     image = torch.from_numpy(np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")).copy())
-    x = backbone.preprocess(resize_for_clip(image.permute(2, 0, 1)[None].float(), long_side, 16))
+    x = backbone.preprocess(resize_for_clip(image.permute(2, 0, 1)[None].float(), long_side, 16).to(device))
     labels_np = np.load(root / "cls_labels_onehot.npy", allow_pickle=True).item()[name]
-    labels = torch.from_numpy(labels_np)[None]
+    labels = torch.from_numpy(labels_np)[None].to(device)
     text = build_text_classifier(backbone, VOC_CLASSES, background_words("voc")).embeddings
 
     backbone(x, attn_blocks=8, grad_last_block=True)  # warm-up
@@ -75,8 +82,10 @@ def stage_times(long_side: int, repeats: int) -> dict[str, float]:
 
     def gradcam():
         o = backbone(x, attn_blocks=8, grad_last_block=True)
+        _sync()
         start = time.perf_counter()
         cams = clip_gradcam(o, text, labels, backbone.logit_scale)
+        _sync()
         return time.perf_counter() - start, cams
 
     grad_runs = [gradcam() for _ in range(repeats)]
@@ -133,12 +142,14 @@ def main() -> int:
     parser.add_argument("--rss-images", type=int, default=12, help="N (runs N//4 and N images); 0 skips")
     parser.add_argument("--rss-long-side", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    times = stage_times(args.long_side, args.repeats)
-    print(f"## CAM pipeline stages, CPU ({args.threads} threads), ViT-B-16 random init, input {times['input']}\n")
+    times = stage_times(args.long_side, args.repeats, args.device)
+    where = f"CPU ({args.threads} threads)" if args.device == "cpu" else torch.cuda.get_device_name()
+    print(f"## CAM pipeline stages, {where}, ViT-B-16 random init, input {times['input']}\n")
     print("| stage | seconds / image |\n|---|---|")
     for key in ("clip_forward_s", "gradcam_s", "attn_refine_s", "cda_refine_s"):
         print(f"| {key[:-2]} | {times[key]:.4f} |")

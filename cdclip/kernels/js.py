@@ -35,6 +35,8 @@ LN2 = math.log(2.0)
 # enough to stay in the caches between the passes over a block; 2**22 and larger were up to 1.5x
 # slower, 2**18 and smaller pay per-block overhead (benchmarks/js_kernel.py --block-sweep).
 DEFAULT_BLOCK_ELEMENTS = 1 << 20
+# On a GPU the caches matter less than the number of kernel launches: 64 MiB per buffer.
+DEVICE_BLOCK_ELEMENTS = 1 << 24
 
 
 def _tiny(dtype: torch.dtype) -> float:
@@ -142,7 +144,7 @@ def pairwise_js(
     p: Tensor,
     q: Tensor | None = None,
     *,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     compile: bool = False,
 ) -> Tensor:
     """Jensen–Shannon divergence between every row of ``p`` and every row of ``q``.
@@ -153,7 +155,8 @@ def pairwise_js(
     Args:
         p: per-item distributions (for CD-CLIP: the class distribution of each patch).
         q: a second set; defaults to ``p`` (then the symmetry halves the work).
-        block_elements: elements of one ``(rows, M, K)`` block (memory/speed trade-off).
+        block_elements: elements of one ``(rows, K, M)`` block (memory/speed trade-off); default
+            2**20 on the CPU (cache-sized) and 2**24 on accelerators (fewer kernel launches).
         compile: fuse each block with ``torch.compile`` (faster on large inputs; the first call
             compiles). If compiling fails the eager kernel is used, with one warning.
 
@@ -174,6 +177,8 @@ def pairwise_js(
         raise ValueError(
             f"q: expected shape (B={p.shape[0]}, M, K={p.shape[2]}) to match p {tuple(p.shape)}, got {tuple(q.shape)}"
         )
+    if block_elements is None:
+        block_elements = DEFAULT_BLOCK_ELEMENTS if p.device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
     if block_elements < 1:
         raise ValueError(f"block_elements: expected a positive int, got {block_elements}")
     dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
@@ -245,7 +250,7 @@ class JSDivergence(nn.Module):
     """Pairwise Jensen–Shannon divergence kernel (the Module twin of :func:`pairwise_js`).
 
     Args:
-        block_elements: elements per row block (memory/speed trade-off).
+        block_elements: elements per row block (memory/speed trade-off; None = per-device default).
         compile: fuse blocks with ``torch.compile`` (falls back to eager, with one warning).
 
     Shape:
@@ -254,7 +259,7 @@ class JSDivergence(nn.Module):
         - output: (B, N, M)
     """
 
-    def __init__(self, block_elements: int = DEFAULT_BLOCK_ELEMENTS, compile: bool = False) -> None:
+    def __init__(self, block_elements: int | None = None, compile: bool = False) -> None:
         super().__init__()
         self.block_elements = block_elements
         self.compile = compile
