@@ -60,7 +60,7 @@ def main() -> None:
         probs = torch.softmax(torch.randn(1, n, 45, device=dev, generator=gen) * 3, -1)
         attn = torch.rand(1, n, n, device=dev, generator=gen)
         module = CDAModule(fusion="mean")
-        sec = cuda_time(lambda: module(cams, probs, attn), args.repeats)
+        sec = cuda_time(lambda m=module, c=cams, p=probs, a=attn: m(c, p, a), args.repeats)
         rows.append({"op": "cda_mean", "grid": side, "seconds": sec})
         print(f"| CDA mean (3 classes) | {side}x{side} grid | float32 | {sec * 1e3:.2f} | |")
     image = torch.rand(4, 3, 320, 320, device=dev, generator=gen)
