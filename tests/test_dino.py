@@ -136,6 +136,19 @@ def test_checkpoint_path_round_trip(tmp_path) -> None:
         DinoBackbone(TINY, checkpoint_path=tmp_path / "missing.pth")
 
 
+def test_original_dino_training_checkpoint_and_mismatch(tmp_path) -> None:
+    """DINO's own checkpoints wrap the weights ({"teacher": {"backbone.*": ...}}); a wrong file says why."""
+    source = tiny()
+    wrapped = {"teacher": {f"backbone.{k}": v for k, v in source.model.state_dict().items()}, "epoch": 100}
+    torch.save(wrapped, tmp_path / "checkpoint.pth")
+    loaded = DinoBackbone(TINY, checkpoint_path=tmp_path / "checkpoint.pth", depth=2)
+    images = torch.rand(1, 3, 48, 48)
+    assert torch.allclose(loaded(images), source(images), atol=1e-6)
+    torch.save({"blocks.0.norm1.weight": torch.ones(3)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        DinoBackbone(TINY, checkpoint_path=tmp_path / "bad.pth", depth=2)
+
+
 def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path) -> None:
     """A file in the Hugging Face cache layout is used without any network access."""
     from safetensors.torch import save_file

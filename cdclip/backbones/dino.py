@@ -151,6 +151,50 @@ def _weights_message(model_name: str, hub_id: str | None, url: str | None, reaso
     return "\n".join(lines)
 
 
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    # original DINO training checkpoints wrap the weights: {"teacher": {"backbone.x": ...}, ...}
+    for key in ("teacher", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    prefixes = ("module.", "backbone.")
+    return {next((k[len(p) :] for p in prefixes if k.startswith(p)), k): v for k, v in state.items()}
+
+
+def _load_weights_file(model: nn.Module, path: Path) -> nn.Module:
+    """Load a local weight file into a timm ViT, whatever timm version reads it.
+
+    The state dict goes through the model family's own ``checkpoint_filter_fn`` (it converts
+    original DINO/DINOv2 key names and resamples position embeddings), then ``load_state_dict``.
+    Loading is done here rather than through timm's ``pretrained_cfg_overlay`` because some timm
+    releases route local files of some tags to their JAX ``.npz`` loader.
+    """
+    import importlib
+
+    state = _read_state_dict(path)
+    family = importlib.import_module(type(model).__module__)
+    filter_fn = getattr(family, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        raise ValueError(f"checkpoint_path: {str(path)!r} does not fit {type(model).__name__}: {err}") from err
+    missing = [k for k in missing if not k.startswith("head")]
+    unexpected = [k for k in unexpected if not k.startswith(("head", "fc_norm.", "dino_head", "ibot_head"))]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint_path: {str(path)!r} does not fit {type(model).__name__}: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    return model
+
+
 def _build_timm(
     model_name: str,
     pretrained: bool | None,
@@ -181,8 +225,7 @@ def _build_timm(
         path = Path(checkpoint_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint_path: no file at {str(path)!r}")
-        # through timm's pretrained loader so that its filter converts original DINO/DINOv2 keys
-        return create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        return _load_weights_file(create(pretrained=False), path)
     if not pretrained:
         model = create(pretrained=False)
         warnings.warn(
@@ -197,7 +240,7 @@ def _build_timm(
         repo_id, _, revision = hub_id.partition("@")
         cached = cached_hub_file(repo_id, _HUB_FILES, _hub_cache_dir(cache_dir), revision or None)
     if cached is not None:
-        return create(pretrained=True, pretrained_cfg_overlay={"file": cached})
+        return _load_weights_file(create(pretrained=False), Path(cached))
     reason = hub_unavailable_reason()
     if reason is not None:
         raise PretrainedWeightsError(
