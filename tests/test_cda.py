@@ -131,11 +131,12 @@ def test_empty_and_constant_cams_give_zeros_not_nan(scene):
     assert torch.isfinite(minmax_normalize(torch.ones(1, 1, 4, 4))).all()
 
 
-def test_half_precision_inputs(scene):
-    out = cdclip.CDAModule()(scene.cams.half(), scene.probs.half(), scene.attn.half())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(scene, dtype):
+    out = cdclip.CDAModule()(scene.cams.to(dtype), scene.probs.to(dtype), scene.attn.to(dtype))
     ref = cdclip.CDAModule()(scene.cams, scene.probs, scene.attn)
     assert out.dtype == torch.float32
-    assert (out - ref).abs().max() < 0.02
+    assert (out - ref).abs().max() < 0.05
 
 
 def test_module_equals_functional_and_registry(scene):

@@ -120,10 +120,15 @@ def class_probs_from_cams(
 
 
 def check_probs(probs: Tensor, name: str = "probs", atol: float = 1e-3) -> None:
-    """Raise unless ``probs`` is ``(B, N, K)``, finite, non-negative, rows summing to 1."""
+    """Raise unless ``probs`` is ``(B, N, K)``, finite, non-negative, rows summing to 1.
+
+    The tolerance widens to twice the dtype's epsilon for low-precision inputs: a bfloat16
+    softmax row legitimately sums to 1 ± 0.004.
+    """
     check_rank(probs, name, "B N K")
     check_floating(probs, name)
     check_finite(probs, name)
+    atol = max(atol, 2 * torch.finfo(probs.dtype).eps)
     if bool((probs < 0).any()):
         raise ValueError(f"{name}: expected non-negative probabilities, got min {probs.min().item():.3g}")
     err = (probs.sum(-1, dtype=torch.float64) - 1.0).abs().max().item() if probs.numel() else 0.0
