@@ -94,3 +94,24 @@ def test_pseudo_labeler_end_to_end_with_random_clip(cam):
     assert not torch.allclose(results["attn"], results["none"])
     with pytest.raises(ValueError, match="labels"):
         labeler(images, torch.ones(1, 2))
+
+
+def test_par_at_reduced_scale_matches_explicit_resampling():
+    """par_scale=0.5 (ToCo/WeCLIP) runs PAR on half-size masks and returns labels at full size."""
+    gen = torch.Generator().manual_seed(3)
+    cams = torch.rand(1, 4, 6, 8, generator=gen)
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    image = torch.rand(1, 3, 48, 64, generator=gen) * 255
+    par = PAR(num_iter=3)
+    out = cams_to_labels(cams, labels, (48, 64), image=image, par=par, par_scale=0.5)
+    assert out.shape == (1, 48, 64)
+
+    fg = cams[:, [0, 2]]
+    stack = torch.cat([background_score(fg), fg], 1)
+    stack = F.interpolate(stack, size=(48, 64), mode="bilinear", align_corners=False)
+    stack = F.interpolate(stack, size=(24, 32), mode="bilinear", align_corners=False)
+    stack = F.interpolate(par(image, stack), size=(48, 64), mode="bilinear", align_corners=False)
+    expected = torch.tensor([0, 1, 3])[stack.argmax(1)]
+    assert torch.equal(out, expected)
+    with pytest.raises(ValueError, match="par_scale"):
+        cams_to_labels(cams, labels, (48, 64), image=image, par=par, par_scale=0.0)

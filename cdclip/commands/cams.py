@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--long-side", type=int, default=512, help="CLIP input long side (0: native size)")
     method.add_argument("--bg-alpha", type=float, default=1.0, help="background score (1 - max CAM)^alpha")
     method.add_argument("--par-iters", type=int, default=20, help="PAR iterations (0 disables PAR)")
+    method.add_argument("--par-scale", type=float, default=1.0,
+                        help="resolution of PAR relative to the image (ToCo/WeCLIP use 0.5; 4x cheaper)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="output folder")
@@ -183,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             par=PAR(num_iter=args.par_iters) if args.par_iters > 0 else None,
             long_side=args.long_side or None,
             bg_alpha=args.bg_alpha,
+            par_scale=args.par_scale,
             attn_layers=args.attn_layers,
             box_threshold=args.box_threshold if args.box_threshold is not None else theta,
         )
