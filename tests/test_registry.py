@@ -137,3 +137,16 @@ def test_every_lazy_public_name_resolves():
         assert callable(getattr(CF, name)), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cdclip.nope
+
+
+def test_every_public_component_documents_its_shapes():
+    """House rule: every public class and function has a ``Shape:`` section (einops notation)."""
+    import inspect
+
+    import cdclip.functional as CF
+
+    plumbing = {"__version__", "create", "get", "list_components", "register", "registry"}
+    public = [(n, getattr(cdclip, n)) for n in cdclip.__all__ if n not in plumbing]
+    public += [(n, getattr(CF, n)) for n in CF.__all__]
+    missing = sorted({n for n, obj in public if "Shape:" not in (inspect.getdoc(obj) or "")})
+    assert not missing, f"no Shape: section in the docstring of {missing}"

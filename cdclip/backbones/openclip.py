@@ -168,6 +168,12 @@ class OpenCLIPBackbone(nn.Module):
 
     The model is put in eval mode with ``requires_grad=False``; GradCAM still works because
     :meth:`forward` can make the last block's input a leaf that requires grad.
+
+    Shape:
+        - images: (B, 3, H, W) normalised, H and W multiples of the patch size
+        - output.dense: (B, N, D) with N = (H/p)·(W/p)
+        - output.attn: (B, L, N, N)
+        - output.global_embedding: (B, D)
     """
 
     def __init__(

@@ -158,6 +158,11 @@ class COCOSegmentation(SegmentationDataset):
 
     Item: ``{"image": (3, H, W) uint8, "mask": (H, W) int64 (255 void), "labels": (80,) float32,
     "name": file stem}``.
+
+    Shape:
+        - image: (3, H, W) uint8
+        - mask: (H, W) int64
+        - labels: (C,) float32 with C = 80
     """
 
     num_classes = len(COCO_CLASSES)

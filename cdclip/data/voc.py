@@ -83,6 +83,11 @@ class VOCSegmentation(SegmentationDataset):
     Item: ``{"image": (3, H, W) uint8 tv_tensors.Image, "mask": (H, W) int64 tv_tensors.Mask
     (255 = void), "labels": (20,) float32 multi-hot, "name": str}`` before the transform.
 
+    Shape:
+        - image: (3, H, W) uint8
+        - mask: (H, W) int64
+        - labels: (C,) float32 with C = 20
+
     Raises:
         MissingFilesError: listing, all at once, the split's ids that have no image (or no mask,
             or no label), unless ``skip_bad``.
