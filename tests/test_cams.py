@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle_backbone import tiny_openclip_backbone
 
 import cdclip
 from cdclip.cam.gradcam import CLIPGradCAM, clip_gradcam, gradcam_scores
 from cdclip.cam.multiscale import multiscale_cams
 from cdclip.cam.patch_text import PatchTextCAM, patch_text_cam
-from tests.oracle_backbone import tiny_openclip_backbone
 
 
 @pytest.fixture(scope="module")

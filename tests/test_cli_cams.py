@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from oracle_backbone import tiny_openclip_backbone
 from PIL import Image
 
 from cdclip.cam.multiscale import scaled_size
 from cdclip.cli import main
 from cdclip.data.palette import load_label_png, voc_palette
 from cdclip.registry import registry
-from tests.oracle_backbone import tiny_openclip_backbone
 
 PREFIX = "tinyclip-test"
 

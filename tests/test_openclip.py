@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle_backbone import tiny_openclip_backbone
 
 import cdclip
 from cdclip.backbones.openclip import (
@@ -20,7 +21,6 @@ from cdclip.backbones.openclip import (
     interpolate_pos_embed,
     parse_openclip_name,
 )
-from tests.oracle_backbone import tiny_openclip_backbone
 
 
 @pytest.fixture(scope="module")

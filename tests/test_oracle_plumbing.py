@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from oracle_backbone import OracleBackbone
 
 from cdclip.cli import main
 from cdclip.data.palette import load_label_png
@@ -22,7 +23,6 @@ from cdclip.metrics import ConfusionMatrix
 from cdclip.pipeline.pseudo_labels import PseudoLabeler
 from cdclip.refine.par import PAR
 from cdclip.registry import registry
-from tests.oracle_backbone import OracleBackbone
 
 PREFIX = "oracle-test"
 

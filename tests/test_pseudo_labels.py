@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle_backbone import tiny_openclip_backbone
 
 from cdclip.affinity.cda import CDAModule, class_probs_from_features
 from cdclip.cam.refine import CAMRefiner, attention_affinity, refine_cams
 from cdclip.pipeline.pseudo_labels import PseudoLabeler, background_score, cams_to_labels, resize_for_clip
 from cdclip.refine.par import PAR
-from tests.oracle_backbone import tiny_openclip_backbone
 
 
 def _scene(b=1, c=3, h=4, w=5, k=6, d=8, layers=3):

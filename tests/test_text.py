@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle_backbone import tiny_openclip_backbone
 
 from cdclip.backbones.text import build_text_classifier, clear_text_cache
 from cdclip.data.classnames import COCO_CLASSES, VOC_CLASSES
@@ -15,7 +16,6 @@ from cdclip.data.prompts import (
     format_prompts,
     prompt_names,
 )
-from tests.oracle_backbone import tiny_openclip_backbone
 
 
 class CountingEncoder:
