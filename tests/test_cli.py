@@ -1,0 +1,37 @@
+"""The ``cdclip`` dispatcher: help, version, list, unknown commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdclip import __version__
+from cdclip.cli import COMMANDS, main
+
+
+def test_list_prints_registered_components(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cda", "js_divergence", "par", "superclass_prototypes", "openclip:<name>"):
+        assert name in out
+    assert main(["list", "--kind", "loss"]) == 0
+    losses = capsys.readouterr().out
+    assert "boundary_enhanced_loss" in losses and "cda " not in losses
+
+
+def test_help_version_and_unknown_command(capsys):
+    assert main([]) == 0
+    assert all(name in capsys.readouterr().out for name in COMMANDS)
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["nope"])
+    assert info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_every_command_module_has_the_interface():
+    import importlib
+
+    for name, (module, _) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        assert callable(mod.add_arguments) and callable(mod.run), name
