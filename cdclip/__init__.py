@@ -59,6 +59,11 @@ _LAZY: dict[str, str] = {
     "CAMRefiner": "cdclip.cam.refine",
     "refine_cams": "cdclip.cam.refine",
     "PseudoLabeler": "cdclip.pipeline.pseudo_labels",
+    # training pipeline
+    "CDCLIP": "cdclip.pipeline.model",
+    "WeCLIPDecoder": "cdclip.pipeline.decoder",
+    "Trainer": "cdclip.pipeline.trainer",
+    "TrainConfig": "cdclip.pipeline.config",
     # refinement, metrics
     "PAR": "cdclip.refine.par",
     "par": "cdclip.refine.par",
@@ -124,7 +129,11 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
     from cdclip.losses.boundary import BoundaryEnhancedLoss, boundary_enhanced_loss
     from cdclip.losses.segmentation import BalancedCrossEntropy, balanced_cross_entropy
     from cdclip.metrics import ConfusionMatrix
+    from cdclip.pipeline.config import TrainConfig
+    from cdclip.pipeline.decoder import WeCLIPDecoder
+    from cdclip.pipeline.model import CDCLIP
     from cdclip.pipeline.pseudo_labels import PseudoLabeler
+    from cdclip.pipeline.trainer import Trainer
     from cdclip.prototypes.superclass import (
         SBEOutput,
         SuperClassPrototypes,

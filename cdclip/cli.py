@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "cams": ("cdclip.commands.cams", "initial CAMs, refined CAMs and pseudo labels (training-free)"),
     "coco-masks": ("cdclip.commands.coco_masks", "rasterise COCO instance annotations to semantic PNG masks"),
+    "train": ("cdclip.commands.train", "single-stage CD-CLIP training (frozen CLIP + DINO, trainable decoder)"),
     "list": ("cdclip.commands.list_components", "list the registered components"),
 }
 

@@ -60,6 +60,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "cdclip.cam.patch_text",
     "cdclip.backbones.openclip",
     "cdclip.backbones.dino",
+    "cdclip.pipeline.decoder",
 )
 
 

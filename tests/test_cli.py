@@ -20,7 +20,8 @@ def test_list_prints_registered_components(capsys):
 
 def test_help_version_and_unknown_command(capsys):
     assert main([]) == 0
-    assert all(name in capsys.readouterr().out for name in COMMANDS)
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in COMMANDS)
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and __version__ in capsys.readouterr().out

@@ -1,0 +1,190 @@
+"""``cdclip train``: single-stage CD-CLIP training (frozen CLIP + DINO, trainable decoder).
+
+Examples::
+
+    cdclip train --preset voc --data-root data/VOC2012 --out runs/voc --weights /path/ViT-B-16.pt
+    cdclip train --config my.yaml --set optim.lr=1e-4 --set loss.lambda_be=0 --out runs/ablation
+    cdclip train --preset coco --data-root data/coco --out runs/coco --resume
+
+The configuration is built in this order: the preset (``--preset``, default ``voc``), the YAML
+file (``--config``: a nested mapping with the sections ``model``, ``data``, ``optim``, ``loss`` and
+the top-level run keys, see :class:`cdclip.pipeline.config.TrainConfig`), the dedicated options
+(``--data-root``, ``--iters``...), then ``--set SECTION.KEY=VALUE`` overrides (values parsed as
+YAML: ``--set data.scale_range=[0.5,1.5]``). Unknown keys are errors. The final configuration is
+written to ``OUT/config.json``; the checkpoint ``OUT/checkpoint.pt`` and the log ``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "build_config", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cfg = parser.add_argument_group("configuration")
+    cfg.add_argument(
+        "--config", type=Path, default=None, help="YAML file with config sections (model, data, ...)"
+    )
+    cfg.add_argument(
+        "--preset",
+        default=None,
+        choices=("voc", "coco"),
+        help="base configuration (default: voc, or the dataset named in --config)",
+    )
+    cfg.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; VALUE parsed as YAML)",
+    )
+    cfg.add_argument("--print-config", action="store_true", help="print the final config as YAML and exit")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", type=Path, default=None, help="VOC2012 or COCO folder (data.root)")
+    data.add_argument(
+        "--split", default=None, help="training split (data.split; VOC train_aug, COCO train2014)"
+    )
+    data.add_argument("--workers", type=int, default=None, help="DataLoader workers (data.num_workers)")
+    data.add_argument("--batch-size", type=int, default=None, help="images per iteration (data.batch_size)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--weights",
+        default=None,
+        help="CLIP checkpoint path or open_clip tag; 'none' = random weights (smoke tests)",
+    )
+    model.add_argument(
+        "--dino-weights",
+        default=None,
+        help="DINO weight file; 'none' = random weights (smoke tests); default: HF cache",
+    )
+    model.add_argument(
+        "--no-sbe", action="store_true", help="switch SBE off (loss.lambda_be=0, DINO not loaded)"
+    )
+
+    run_ = parser.add_argument_group("run")
+    run_.add_argument("--out", type=Path, default=None, help="output folder (out_dir)")
+    run_.add_argument("--iters", type=int, default=None, help="training iterations (iters)")
+    run_.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    run_.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    run_.add_argument(
+        "--amp", default=None, choices=("none", "bf16", "fp16"), help="decoder mixed precision (CUDA)"
+    )
+    run_.add_argument("--seed", type=int, default=None)
+    run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set: expected KEY=VALUE such as optim.lr=1e-4, got {item!r}")
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        if isinstance(parsed, str) and value.strip().lower() in ("null", "~"):
+            parsed = None
+        # YAML 1.1 reads 1e-4 as a string: accept plain numbers however they are written
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` described by the command-line arguments."""
+    import torch
+
+    from cdclip.pipeline.config import TrainConfig, apply_overrides, preset
+
+    file_data: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        if not args.config.is_file():
+            raise FileNotFoundError(f"--config: no such file: {args.config}")
+        loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"--config: expected a YAML mapping in {args.config}, got {type(loaded).__name__}"
+            )
+        file_data = loaded
+    name = args.preset or (file_data.get("data", {}) or {}).get("dataset") or "voc"
+    config = TrainConfig.from_dict(file_data, base=preset(name))
+
+    direct: dict[str, Any] = {}
+    if args.data_root is not None:
+        direct["data.root"] = str(args.data_root)
+    if args.split is not None:
+        direct["data.split"] = args.split
+    if args.workers is not None:
+        direct["data.num_workers"] = args.workers
+    if args.batch_size is not None:
+        direct["data.batch_size"] = args.batch_size
+    if args.weights is not None:
+        direct["model.clip_weights"] = args.weights
+    if args.dino_weights is not None:
+        direct["model.dino_weights"] = args.dino_weights
+    if args.no_sbe:
+        direct["loss.lambda_be"] = 0.0
+    if args.out is not None:
+        direct["out_dir"] = str(args.out)
+    if args.iters is not None:
+        direct["iters"] = args.iters
+    if args.amp is not None:
+        direct["amp"] = args.amp
+    if args.seed is not None:
+        direct["seed"] = args.seed
+    if args.no_progress:
+        direct["progress"] = False
+    if args.device is not None:
+        direct["device"] = args.device
+    elif "device" not in file_data:
+        direct["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    config = apply_overrides(config, direct)
+    return apply_overrides(config, _parse_overrides(args.overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"cdclip train: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if config.data.root is None:
+        print("cdclip train: no dataset folder; pass --data-root (or data.root in --config)", file=sys.stderr)
+        return 2
+
+    from cdclip.pipeline.model import build_model
+    from cdclip.pipeline.trainer import Trainer, build_dataset
+
+    dataset = build_dataset(config.data)
+    model = build_model(config)
+    trainer = Trainer(config, model, dataset)
+    print(f"cdclip train: {len(dataset)} images, {config.iters} iterations, output {trainer.out_dir}")
+    try:
+        last = trainer.train(resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ncdclip train: interrupted; checkpoint at {trainer.checkpoint_path} (resume with --resume)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
+    print(
+        f"cdclip train: done at iteration {trainer.iteration}; {summary}; checkpoint {trainer.checkpoint_path}"
+    )
+    return 0

@@ -1,0 +1,466 @@
+"""Frozen configuration dataclasses of single-stage CD-CLIP training (DESIGN §3.6).
+
+``TrainConfig`` holds five sections — :class:`ModelConfig`, :class:`DataConfig`,
+:class:`OptimConfig`, :class:`LossConfig` and the run settings — with the WeCLIP recipe as
+defaults. Presets :func:`voc` and :func:`coco` differ only where the datasets differ (iterations,
+box threshold θ, super-classes, background words, split).
+
+Plain dictionaries go in and out (``TrainConfig.from_dict`` / ``to_dict``): unknown keys raise a
+``ValueError`` that names the key, its section and close matches, so a typo in a YAML file never
+silently trains with a default. YAML itself is read only by the command line (``cdclip train``).
+
+Every *inferred* choice of the method (DESIGN §3.3, §3.5) is a named field here so that ablations
+are one override away, e.g. ``--set model.refine=attn`` (CDA off) or ``--set loss.lambda_be=0``
+(SBE off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+__all__ = [
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "coco",
+    "preset",
+    "voc",
+]
+
+REFINE_CHOICES = ("none", "attn", "mean", "replace", "product")
+CAM_CHOICES = ("gradcam", "patch_text")
+DATASETS = ("voc", "coco")
+AMP_CHOICES = ("none", "bf16", "fp16")
+AFFINITY_CHOICES = ("exp", "power", "linear")
+
+T = TypeVar("T")
+
+
+def _choice(value: object, name: str, choices: Iterable[object]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def _positive(value: float, name: str, strict: bool = True) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (value <= 0 if strict else value < 0)
+    ):
+        raise ValueError(
+            f"{name}: expected a {'positive' if strict else 'non-negative'} number, got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The frozen backbones, the pseudo-label pipeline and the decoder.
+
+    Args:
+        clip: registered CLIP backbone name (``openclip:MODEL@TAG``).
+        clip_weights: checkpoint path or open_clip tag overriding the name's tag; ``"none"`` =
+            random weights (smoke tests only); ``None`` = the tag in ``clip``.
+        clip_precision: open_clip precision of the frozen CLIP (``fp32``, ``fp16``, ``bf16``).
+        dino: registered DINO backbone (``timm:vit_base_patch16_224.dino``); ``None`` disables SBE.
+        dino_weights: local DINO weight file (``None``: the Hugging Face cache).
+        templates: prompt templates of the text classifier.
+        prompt_style: how class names become phrases (``clip_es``, ``plain``, ``raw``).
+        background: background word list (``voc``, ``coco``, ``none``).
+        cam: initial CAM method (``gradcam``, DESIGN §3.1; ``patch_text`` alternative).
+        refine: CAM refinement: ``mean`` (CDA fused with attention, default), ``replace``,
+            ``product``, ``attn`` (MHSA baseline, CDA off) or ``none``.
+        attn_layers: last CLIP blocks averaged into the attention affinity (8).
+        gamma: weight of the attention transition matrix in the ``mean`` fusion (0.5).
+        box_threshold: box-mask θ (0.4 VOC, 0.7 COCO).
+        cda_affinity, cda_sigma, cda_beta: JS → affinity map (``exp(−JS/σ)`` with σ = 0.05).
+        cd_logit_scale: ``1/τ_cd`` of the per-patch class distributions (100).
+        bg_alpha: background score exponent α.
+        par_iters: PAR iterations on the crop (0 disables PAR).
+        par_dilations: PAR neighbourhood dilations.
+        par_scale: PAR resolution relative to the crop (1.0; 0.5 is 4× cheaper).
+        grouping: SBE super-classes (``voc``, ``coco``, ``identity``, ``fg``).
+        seed_threshold, band_kernel, prototype_weighting: SBE options (DESIGN §3.5).
+        decoder: registered decoder name.
+        decoder_dim, decoder_layers, decoder_heads, decoder_mlp_ratio, decoder_dropout: decoder sizes
+            (WeCLIP: 256, 3, 8, 4, dropout 0.1 after the fusion).
+        decoder_blocks: CLIP blocks fed to the decoder (``None``: all but the last, i.e. blocks
+            1–11 of ViT-B/16).
+    """
+
+    clip: str = "openclip:ViT-B-16@openai"
+    clip_weights: str | None = None
+    clip_precision: str = "fp32"
+    dino: str | None = "timm:vit_base_patch16_224.dino"
+    dino_weights: str | None = None
+    templates: tuple[str, ...] = ("a clean origami {}.",)
+    prompt_style: str = "clip_es"
+    background: str = "voc"
+    cam: str = "gradcam"
+    refine: str = "mean"
+    attn_layers: int = 8
+    gamma: float = 0.5
+    box_threshold: float = 0.4
+    cda_affinity: str = "exp"
+    cda_sigma: float = 0.05
+    cda_beta: float = 8.0
+    cd_logit_scale: float = 100.0
+    bg_alpha: float = 1.0
+    par_iters: int = 20
+    par_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    par_scale: float = 1.0
+    grouping: str = "voc"
+    seed_threshold: float = 0.5
+    band_kernel: int = 5
+    prototype_weighting: str = "mask"
+    decoder: str = "weclip_decoder"
+    decoder_dim: int = 256
+    decoder_layers: int = 3
+    decoder_heads: int = 8
+    decoder_mlp_ratio: float = 4.0
+    decoder_dropout: float = 0.1
+    decoder_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.cam, "model.cam", CAM_CHOICES)
+        _choice(self.refine, "model.refine", REFINE_CHOICES)
+        _choice(self.cda_affinity, "model.cda_affinity", AFFINITY_CHOICES)
+        _choice(self.clip_precision, "model.clip_precision", ("fp32", "fp16", "bf16"))
+        _choice(self.prototype_weighting, "model.prototype_weighting", ("mask", "cam"))
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"model.gamma: expected a weight in [0, 1], got {self.gamma!r}")
+        if not 0.0 <= self.box_threshold <= 1.0:
+            raise ValueError(f"model.box_threshold: expected a value in [0, 1], got {self.box_threshold!r}")
+        if not 0.0 < self.par_scale <= 1.0:
+            raise ValueError(f"model.par_scale: expected a fraction in (0, 1], got {self.par_scale!r}")
+        if self.par_iters < 0 or self.attn_layers < 1:
+            raise ValueError(
+                f"model.par_iters / model.attn_layers: expected >= 0 / >= 1, got {self.par_iters} / {self.attn_layers}"
+            )
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(
+                f"model.decoder_dim: expected a multiple of decoder_heads={self.decoder_heads}, got {self.decoder_dim}"
+            )
+        if self.band_kernel < 1 or self.band_kernel % 2 == 0:
+            raise ValueError(f"model.band_kernel: expected an odd positive int, got {self.band_kernel!r}")
+        if self.decoder_blocks is not None and self.decoder_blocks < 1:
+            raise ValueError(f"model.decoder_blocks: expected >= 1 or None, got {self.decoder_blocks!r}")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError(
+                f"model.templates: expected templates with a '{{}}' placeholder, got {self.templates!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data and augmentation (WeCLIP/ToCo recipe).
+
+    Args:
+        dataset: ``voc`` or ``coco``.
+        root: the ``VOC2012`` or COCO folder (set on the command line with ``--data-root``).
+        split: training split (``train_aug`` VOC, ``train2014`` COCO).
+        label_file: image-level label file (default: the dataset's own; never the masks).
+        batch_size: images per iteration (4).
+        crop_size: square training crop (320; a multiple of the patch size 16).
+        scale_range: random rescale factor range (0.5–2.0).
+        flip_prob: horizontal flip probability.
+        num_workers: DataLoader workers.
+    """
+
+    dataset: str = "voc"
+    root: str | None = None
+    split: str = "train_aug"
+    label_file: str | None = None
+    batch_size: int = 4
+    crop_size: int = 320
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip_prob: float = 0.5
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        _choice(self.dataset, "data.dataset", DATASETS)
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size: expected >= 1, got {self.batch_size!r}")
+        if self.crop_size < 16 or self.crop_size % 16:
+            raise ValueError(
+                f"data.crop_size: expected a positive multiple of the patch size 16, got {self.crop_size!r}"
+            )
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(
+                f"data.scale_range: expected (low, high) with 0 < low <= high, got {self.scale_range!r}"
+            )
+        if not 0.0 <= self.flip_prob <= 1.0 or self.num_workers < 0:
+            raise ValueError(
+                f"data.flip_prob / data.num_workers: expected [0, 1] / >= 0, got {self.flip_prob!r} / {self.num_workers!r}"
+            )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then polynomial decay (WeCLIP's ``PolyWarmupAdamW`` recipe).
+
+    WeCLIP builds four parameter groups (backbone, backbone norms, classification head,
+    segmentation head) but only the segmentation head — the decoder — holds parameters, at
+    ``lr × 10``. So the decoder effectively trains at ``2e-3``; ``decoder_lr_mult`` keeps that
+    explicit. Any other trainable parameter (none in CD-CLIP) would get ``lr``.
+
+    Args:
+        lr: base learning rate (2e-4).
+        decoder_lr_mult: decoder learning-rate multiplier (10).
+        weight_decay: AdamW weight decay (0.01), for every group as in WeCLIP.
+        betas, eps: AdamW moments and epsilon.
+        warmup_iters: linear warm-up iterations (50), from ``warmup_ratio × lr``.
+        warmup_ratio: starting fraction of the learning rate (1e-6).
+        power: poly decay exponent (1.0): ``lr · (1 − it / iters)^power``.
+        grad_clip: max gradient norm (0 disables clipping, the WeCLIP default).
+    """
+
+    lr: float = 2e-4
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_iters: int = 50
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self.lr, "optim.lr")
+        _positive(self.decoder_lr_mult, "optim.decoder_lr_mult")
+        _positive(self.weight_decay, "optim.weight_decay", strict=False)
+        _positive(self.grad_clip, "optim.grad_clip", strict=False)
+        _positive(self.power, "optim.power", strict=False)
+        if self.warmup_iters < 0 or not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(
+                f"optim.warmup_iters / optim.warmup_ratio: expected >= 0 / [0, 1], "
+                f"got {self.warmup_iters!r} / {self.warmup_ratio!r}"
+            )
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas: expected two values in [0, 1), got {self.betas!r}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``L = L_seg + λ_aff · L_aff + λ_be · L_be`` (DESIGN §3.6).
+
+    Args:
+        lambda_aff: weight of the WeCLIP affinity loss (0.1).
+        lambda_be: weight of the SBE boundary-enhanced loss (1.0, inferred); 0 disables SBE (and
+            DINO is then not run).
+        aff_radius: affinity-loss radius in patches (8).
+        aff_similarity: ``sigmoid`` (WeCLIP) or ``cosine``.
+        seg_on_corrected: ``L_seg`` against the SBE-corrected labels instead of the raw pseudo
+            labels (False: the band correction only enters through ``L_be``).
+        ignore_index: void label (255).
+    """
+
+    lambda_aff: float = 0.1
+    lambda_be: float = 1.0
+    aff_radius: int = 8
+    aff_similarity: str = "sigmoid"
+    seg_on_corrected: bool = False
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        _positive(self.lambda_aff, "loss.lambda_aff", strict=False)
+        _positive(self.lambda_be, "loss.lambda_be", strict=False)
+        _choice(self.aff_similarity, "loss.aff_similarity", ("sigmoid", "cosine"))
+        if self.aff_radius < 0:
+            raise ValueError(f"loss.aff_radius: expected >= 0, got {self.aff_radius!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run: the four sections and the run settings.
+
+    Args:
+        model, data, optim, loss: the sections.
+        iters: training iterations (30k VOC, 80k COCO).
+        seed: seeds the decoder initialisation, the data order and the augmentation.
+        device: ``cuda``/``cpu``/``cuda:1``.
+        amp: mixed precision for the decoder on CUDA: ``none``, ``bf16`` or ``fp16`` (ignored on CPU).
+        out_dir: where the checkpoint and the log go.
+        log_every: iterations between JSONL log lines (losses averaged over the window).
+        checkpoint_every: iterations between checkpoints (also written at the end and on a crash).
+        keep_checkpoints: also keep a copy ``iter_XXXXXXX.pt`` of every periodic checkpoint.
+        progress: show a tqdm progress bar.
+
+    Shape:
+        - no tensors: a frozen record of plain values (``to_dict`` / ``from_dict`` round-trip)
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    iters: int = 30000
+    seed: int = 0
+    device: str = "cuda"
+    amp: str = "none"
+    out_dir: str = "runs/cdclip"
+    log_every: int = 50
+    checkpoint_every: int = 2000
+    keep_checkpoints: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self.amp, "amp", AMP_CHOICES)
+        if self.iters < 1 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(
+                f"iters / log_every / checkpoint_every: expected >= 1, got "
+                f"{self.iters!r} / {self.log_every!r} / {self.checkpoint_every!r}"
+            )
+
+    # ------------------------------------------------------------------ dict round trip
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), ready for JSON/YAML."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """Build from a (partial) nested dict on top of ``base`` (default: the plain defaults).
+
+        Raises:
+            ValueError: an unknown key (named with its section and close matches) or a bad value.
+            TypeError: a value of the wrong type.
+        """
+        return _build(cls, data, base if base is not None else cls(), "")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with top-level fields replaced (sections as dataclasses or dicts)."""
+        return TrainConfig.from_dict(changes, base=self)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any] | Any, base: T, prefix: str) -> T:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            section = prefix.rstrip(".") or "the top level"
+            raise ValueError(
+                f"unknown config key {prefix}{key!r} in {section} (known: {', '.join(names)}){hint}"
+            )
+        hint_type = hints[key]
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(hint_type):
+            changes[key] = _build(hint_type, value, current, f"{prefix}{key}.")  # type: ignore[arg-type]
+        else:
+            changes[key] = _coerce(value, hint_type, f"{prefix}{key}")
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check ``value`` against a field annotation; lists become tuples, ints become floats."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin is not None and type(None) in args:  # Optional[X] / X | None
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{name}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """Apply dotted overrides such as ``{"optim.lr": 1e-4, "loss.lambda_be": 0}``.
+
+    Raises:
+        ValueError: unknown keys (named, with close matches).
+
+    Shape:
+        - no tensors: TrainConfig -> TrainConfig
+    """
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        parts = str(dotted).split(".")
+        if not all(parts):
+            raise ValueError(f"override: expected KEY or SECTION.KEY, got {dotted!r}")
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override: {dotted!r} conflicts with another override of {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return TrainConfig.from_dict(nested, base=config)
+
+
+# ---------------------------------------------------------------------------- presets
+def voc() -> TrainConfig:
+    """PASCAL VOC 2012 (train_aug): 30k iterations, θ = 0.4, VOC super-classes and background words."""
+    return TrainConfig()
+
+
+def coco() -> TrainConfig:
+    """MS COCO 2014: 80k iterations, θ = 0.7, the 12 COCO supercategories, COCO background words."""
+    base = TrainConfig()
+    return TrainConfig(
+        model=dataclasses.replace(base.model, box_threshold=0.7, grouping="coco", background="coco"),
+        data=dataclasses.replace(base.data, dataset="coco", split="train2014"),
+        iters=80000,
+        checkpoint_every=5000,
+    )
+
+
+PRESETS = {"voc": voc, "coco": coco}
+
+
+def preset(name: str) -> TrainConfig:
+    """The preset called ``name`` (``voc`` or ``coco``).
+
+    Shape:
+        - no tensors: str -> TrainConfig
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {tuple(PRESETS)}, got {name!r}")
+    return PRESETS[name]()

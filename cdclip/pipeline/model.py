@@ -1,0 +1,402 @@
+"""The single-stage CD-CLIP model: frozen CLIP (+ DINO), online pseudo labels, trainable decoder.
+
+One :meth:`CDCLIP.training_step` does, for a batch of augmented crops (DESIGN §3.1–§3.6):
+
+1. one frozen CLIP forward giving the per-block patch tokens (decoder input), the attention of
+   the last blocks and dense features (affinities), and a differentiable last block (GradCAM);
+2. GradCAM CAMs of the classes present in the **image-level labels** (``batch["labels"]``, never
+   the masks), refined by CDA (attention and class-distribution affinities fused);
+3. pseudo labels: ``[bg; refined CAMs]`` upsampled to the crop, PAR on the crop, argmax; the
+   padding of the crop (``batch["valid"] == False``) is set to the void label 255;
+4. SBE when a DINO backbone is given and ``λ_be > 0``: super-class prototype CAMs, the boundary
+   band and the band-corrected labels;
+5. the decoder's logits at 1/16, bilinearly upsampled to the crop, and the loss
+   ``L = L_seg + λ_aff·L_aff + λ_be·L_be``.
+
+The backbones stay frozen (eval mode, ``requires_grad=False``); only the decoder learns. Pseudo
+labels are computed without autograd. :meth:`CDCLIP.predict` gives full-resolution logits for
+evaluation. Backbones are duck-typed (see :mod:`cdclip.pipeline.pseudo_labels`), so tests inject
+tiny random models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdclip._checks import check_floating, check_rank
+from cdclip.backbones.text import build_text_classifier
+from cdclip.cam.gradcam import clip_gradcam
+from cdclip.cam.multiscale import check_labels
+from cdclip.cam.patch_text import patch_text_cam
+from cdclip.cam.refine import CAMRefiner
+from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
+from cdclip.losses.affinity import affinity_loss
+from cdclip.losses.boundary import boundary_enhanced_loss
+from cdclip.losses.segmentation import balanced_cross_entropy
+from cdclip.pipeline import decoder as _decoder  # noqa: F401  (registers "weclip_decoder")
+from cdclip.pipeline.config import LossConfig, ModelConfig, TrainConfig
+from cdclip.pipeline.pseudo_labels import cams_to_labels
+from cdclip.prototypes.superclass import SuperClassPrototypes
+from cdclip.refine.par import PAR
+
+__all__ = ["CDCLIP", "build_model", "dataset_classes", "load_decoder_checkpoint"]
+
+
+def dataset_classes(dataset: str) -> tuple[str, ...]:
+    """Foreground class names of ``"voc"`` (20) or ``"coco"`` (80), in label order.
+
+    Shape:
+        - output: C names
+    """
+    from cdclip.data.classnames import COCO_CLASSES, VOC_CLASSES
+
+    if dataset == "voc":
+        return tuple(VOC_CLASSES)
+    if dataset == "coco":
+        return tuple(COCO_CLASSES)
+    raise ValueError(f"dataset: expected 'voc' or 'coco', got {dataset!r}")
+
+
+class CDCLIP(nn.Module):
+    """Frozen CLIP + text classifier + trainable decoder (+ frozen DINO for SBE).
+
+    Args:
+        backbone: an :class:`~cdclip.backbones.openclip.OpenCLIPBackbone` (or a duck-typed object
+            with ``patch_size``, ``width``, ``depth``, ``logit_scale``, ``encode_text`` and
+            ``__call__(images, attn_blocks=, grad_last_block=, return_block_tokens=)``).
+        class_names: foreground class names in label order (C of them).
+        background_words: background words appended to the text classifier.
+        config: :class:`ModelConfig` (CAM, refinement, PAR, SBE and decoder settings).
+        loss: :class:`LossConfig` (loss weights; ``lambda_be = 0`` switches SBE off).
+        dino: a :class:`~cdclip.backbones.dino.DinoBackbone` (anything with
+            ``feature_map(images in [0, 1]) -> (B, D', h', w')``); ``None`` switches SBE off.
+        decoder: a decoder module ``(block_tokens, grid) -> DecoderOutput``; default: the
+            registered ``config.decoder`` sized from the config and the backbone.
+
+    Shape:
+        - batch["image"]: (B, 3, H, W) normalised with CLIP's mean/std, H and W multiples of 16
+        - batch["labels"]: (B, C) multi-hot image labels
+        - batch["valid"]: (B, H, W) bool, False on crop padding (optional)
+        - predict output: (B, C + 1, H, W) logits, background first
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        class_names: Sequence[str],
+        background_words: Sequence[str] = (),
+        config: ModelConfig | None = None,
+        loss: LossConfig | None = None,
+        dino: Any = None,
+        decoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config if config is not None else ModelConfig()
+        self.loss_config = loss if loss is not None else LossConfig()
+        cfg = self.config
+        self.backbone = backbone
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        classifier = build_text_classifier(
+            backbone, self.class_names, background_words, cfg.templates, style=cfg.prompt_style
+        )
+        self.register_buffer("text", classifier.embeddings.detach().float().clone(), persistent=False)
+        depth = int(getattr(backbone, "depth", 12))
+        self.num_blocks = cfg.decoder_blocks if cfg.decoder_blocks is not None else max(1, depth - 1)
+        if self.num_blocks > depth:
+            raise ValueError(f"config.decoder_blocks: the backbone has {depth} blocks, got {self.num_blocks}")
+        if decoder is None:
+            from cdclip.registry import create
+
+            decoder = create(
+                cfg.decoder,
+                num_classes=self.num_classes + 1,
+                in_dim=int(backbone.width),
+                num_blocks=self.num_blocks,
+                dim=cfg.decoder_dim,
+                layers=cfg.decoder_layers,
+                heads=cfg.decoder_heads,
+                mlp_ratio=cfg.decoder_mlp_ratio,
+                dropout=cfg.decoder_dropout,
+            )
+        self.decoder = decoder
+        self.refiner = CAMRefiner(
+            cfg.refine,
+            attn_layers=cfg.attn_layers,
+            logit_scale=cfg.cd_logit_scale,
+            gamma=cfg.gamma,
+            box_threshold=cfg.box_threshold,
+            affinity=cfg.cda_affinity,
+            sigma=cfg.cda_sigma,
+            beta=cfg.cda_beta,
+        )
+        self.par = PAR(dilations=cfg.par_dilations, num_iter=cfg.par_iters) if cfg.par_iters > 0 else None
+        self.use_sbe = dino is not None and self.loss_config.lambda_be > 0
+        self.dino = dino if self.use_sbe else None
+        self.sbe = (
+            SuperClassPrototypes(
+                cfg.grouping,
+                class_names=self.class_names if cfg.grouping in ("identity", "fg") else None,
+                seed_threshold=cfg.seed_threshold,
+                band_kernel=cfg.band_kernel,
+                weighting=cfg.prototype_weighting,
+                ignore_index=self.loss_config.ignore_index,
+            )
+            if self.use_sbe
+            else None
+        )
+        mean = getattr(backbone, "mean", None)
+        std = getattr(backbone, "std", None)
+        mean = (
+            mean.detach().float().reshape(1, 3, 1, 1).clone()
+            if isinstance(mean, Tensor)
+            else torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        )
+        std = (
+            std.detach().float().reshape(1, 3, 1, 1).clone()
+            if isinstance(std, Tensor)
+            else torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        )
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        # mixed precision of the decoder (set by the Trainer); CUDA only
+        self.amp_dtype: torch.dtype | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.backbone.patch_size)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that learn: the decoder's (CLIP and DINO stay frozen)."""
+        return [p for p in self.decoder.parameters() if p.requires_grad]
+
+    def _autocast(self) -> Any:
+        device = self.device
+        enabled = self.amp_dtype is not None and device.type == "cuda"
+        return torch.autocast(
+            device_type=device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled
+        )
+
+    def _clip_forward(self, images: Tensor, with_cams: bool) -> Any:
+        attn = self.config.attn_layers if with_cams and self.config.refine != "none" else 0
+        grad = with_cams and self.config.cam == "gradcam"
+        return self.backbone(images, attn_blocks=attn, grad_last_block=grad, return_block_tokens=True)
+
+    def _decode(self, output: Any) -> Any:
+        tokens = [t.detach() for t in output.block_tokens[: self.num_blocks]]
+        if len(tokens) < self.num_blocks:
+            raise RuntimeError(
+                f"backbone: returned {len(tokens)} block token maps, the decoder needs {self.num_blocks}"
+            )
+        with self._autocast():
+            return self.decoder(tokens, output.grid)
+
+    def _check_images(self, images: Tensor) -> None:
+        check_rank(images, "images", "B 3 H W")
+        check_floating(images, "images")
+
+    # ------------------------------------------------------------------ pseudo labels
+    @torch.no_grad()
+    def _pseudo_labels(
+        self, output: Any, cams: Tensor, images: Tensor, present: Tensor, valid: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        refined = self.refiner(cams, present, output, self.text)
+        size = (images.shape[-2], images.shape[-1])
+        pseudo = cams_to_labels(
+            refined, present, size, image=images, par=self.par, bg_alpha=cfg.bg_alpha, par_scale=cfg.par_scale
+        )
+        if valid is not None:
+            pseudo = pseudo.masked_fill(~valid, self.loss_config.ignore_index)
+        return refined, pseudo
+
+    def _cams(self, output: Any, present: Tensor) -> Tensor:
+        if self.config.cam == "gradcam":
+            scale = float(getattr(self.backbone, "logit_scale", 100.0))
+            return clip_gradcam(output, self.text, present, scale).detach()
+        return patch_text_cam(output.dense.detach(), self.text, present, output.grid)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Losses and pseudo labels of one batch.
+
+        Returns a dict with ``loss`` (the total, differentiable w.r.t. the decoder), ``loss_seg``,
+        ``loss_aff``, ``loss_be`` (detached), ``pseudo_labels`` (B, H, W) int64 and, with SBE,
+        ``corrected_labels`` (B, H, W) and ``band`` (B, H, W) bool.
+
+        Shape:
+            - batch["image"]: (B, 3, H, W)
+            - batch["labels"]: (B, C)
+            - batch["valid"]: (B, H, W) optional
+            - output["pseudo_labels"]: (B, H, W)
+        """
+        if not isinstance(batch, Mapping) or "image" not in batch or "labels" not in batch:
+            raise ValueError("batch: expected a mapping with 'image' (B, 3, H, W) and 'labels' (B, C)")
+        device = self.device
+        images = batch["image"].to(device, non_blocking=True).float()
+        self._check_images(images)
+        b, _, height, width = images.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"images: crop size must be a multiple of the patch size {p}, got {height}x{width}"
+            )
+        present = check_labels(batch["labels"], b).to(device)
+        if present.shape[1] != self.num_classes:
+            raise ValueError(
+                f"labels: expected (B, C={self.num_classes}) image labels, got {tuple(batch['labels'].shape)}"
+            )
+        valid = batch.get("valid")
+        if valid is not None:
+            valid = valid.to(device).bool()
+            if tuple(valid.shape) != (b, height, width):
+                raise ValueError(f"valid: expected shape {(b, height, width)}, got {tuple(valid.shape)}")
+
+        output = self._clip_forward(images, with_cams=True)
+        cams = self._cams(output, present)
+        refined, pseudo = self._pseudo_labels(output, cams, images, present, valid)
+
+        sbe_out = None
+        if self.sbe is not None:
+            with torch.no_grad():
+                pixels = (images * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
+                features = self.dino.feature_map(pixels)
+                sbe_out = self.sbe(refined, present, features, pseudo)
+
+        decoded = self._decode(output)
+        logits = F.interpolate(
+            decoded.logits.float(), size=(height, width), mode="bilinear", align_corners=False
+        )
+        lc = self.loss_config
+        seg_target = sbe_out.corrected_labels if (sbe_out is not None and lc.seg_on_corrected) else pseudo
+        loss_seg = balanced_cross_entropy(logits, seg_target, ignore_index=lc.ignore_index)
+        loss_aff = (
+            affinity_loss(decoded.features.float(), pseudo, lc.aff_radius, lc.ignore_index, lc.aff_similarity)
+            if lc.lambda_aff > 0
+            else logits.new_zeros(())
+        )
+        if sbe_out is not None:
+            loss_be = boundary_enhanced_loss(
+                logits, sbe_out.corrected_labels, sbe_out.band, ignore_index=lc.ignore_index
+            )
+        else:
+            loss_be = logits.new_zeros(())
+        loss = loss_seg + lc.lambda_aff * loss_aff + lc.lambda_be * loss_be
+        result = {
+            "loss": loss,
+            "loss_seg": loss_seg.detach(),
+            "loss_aff": loss_aff.detach(),
+            "loss_be": loss_be.detach(),
+            "pseudo_labels": pseudo,
+        }
+        if sbe_out is not None:
+            result["corrected_labels"] = sbe_out.corrected_labels
+            result["band"] = sbe_out.band
+        return result
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Same as :meth:`training_step` (so DDP wrappers see a forward)."""
+        return self.training_step(batch)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Segmentation logits at the input resolution (decoder in eval mode, no dropout).
+
+        Images whose sides are not multiples of the patch size are resized up to the next
+        multiple for CLIP; the 1/16 logits are then upsampled bilinearly to ``(H, W)``.
+
+        Shape:
+            - images: (B, 3, H, W) normalised with CLIP's mean/std
+            - output: (B, C + 1, H, W) float32
+        """
+        self._check_images(images)
+        height, width = images.shape[-2:]
+        p = self.patch_size
+        size = (math.ceil(height / p) * p, math.ceil(width / p) * p)
+        x = images.to(self.device).float()
+        if size != (height, width):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            output = self._clip_forward(x, with_cams=False)
+            logits = self._decode(output).logits.float()
+        finally:
+            self.decoder.train(was_training)
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
+    def load_decoder(self, checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> CDCLIP:
+        """Load decoder weights from a training checkpoint (path or loaded dict) or a bare state dict."""
+        state = load_decoder_checkpoint(checkpoint)
+        self.decoder.load_state_dict(state)
+        return self
+
+
+def load_decoder_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Tensor]:
+    """The decoder state dict inside a :class:`~cdclip.pipeline.trainer.Trainer` checkpoint.
+
+    Shape:
+        - output: name -> tensor of the decoder's parameters and buffers
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"checkpoint: expected a path or a dict, got {type(checkpoint).__name__}")
+    state = checkpoint.get("decoder", checkpoint)
+    return dict(state)
+
+
+def build_model(
+    config: TrainConfig,
+    device: str | torch.device | None = None,
+    class_names: Sequence[str] | None = None,
+    background_words: Sequence[str] | None = None,
+    backbone: Any = None,
+    dino: Any = None,
+) -> CDCLIP:
+    """Build :class:`CDCLIP` from a :class:`TrainConfig` (backbones from the registry unless given).
+
+    The DINO backbone is only built when ``loss.lambda_be > 0`` and ``model.dino`` is set. The
+    decoder is initialised under ``torch.manual_seed(config.seed)``.
+
+    Shape:
+        - output.predict: (B, 3, H, W) -> (B, C + 1, H, W)
+    """
+    from cdclip.data.prompts import background_words as bg_words
+    from cdclip.registry import create
+
+    cfg = config.model
+    device = torch.device(device if device is not None else config.device)
+    if backbone is None:
+        kwargs: dict[str, Any] = {"device": device, "precision": cfg.clip_precision}
+        if cfg.clip_weights is not None:
+            kwargs["weights"] = (
+                None if cfg.clip_weights.strip().lower() in ("none", "random") else cfg.clip_weights
+            )
+        backbone = create(cfg.clip, **kwargs)
+    if dino is None and cfg.dino and config.loss.lambda_be > 0:
+        dkwargs: dict[str, Any] = {}
+        if cfg.dino_weights is not None:
+            if cfg.dino_weights.strip().lower() in ("none", "random"):
+                dkwargs["pretrained"] = False
+            else:
+                dkwargs["checkpoint_path"] = cfg.dino_weights
+        dino = create(cfg.dino, **dkwargs)
+    names = tuple(class_names) if class_names is not None else dataset_classes(config.data.dataset)
+    words = tuple(background_words) if background_words is not None else bg_words(cfg.background)
+    torch.manual_seed(config.seed)  # the decoder initialisation is part of the run's seed
+    model = CDCLIP(backbone, names, words, cfg, config.loss, dino=dino)
+    return model.to(device)

@@ -1,0 +1,471 @@
+"""Single-stage training loop for :class:`~cdclip.pipeline.model.CDCLIP` (WeCLIP recipe, DESIGN §3.6).
+
+:class:`Trainer` owns the optimisation around ``model.training_step``:
+
+* AdamW on the decoder at ``lr × decoder_lr_mult`` (WeCLIP: 2e-4 × 10), linear warm-up from
+  ``warmup_ratio × lr`` over ``warmup_iters`` then poly decay ``(1 − it / iters)^power``
+  (:func:`lr_factor`);
+* optional mixed precision of the decoder on CUDA (``bf16``; ``fp16`` with a gradient scaler),
+  optional gradient clipping;
+* an infinite stream of batches over epochs. The order of every epoch and the augmentation of
+  every sample are seeded from ``(seed, epoch, position)`` — not from the global RNG — so the
+  stream is the same whatever the number of workers and wherever a run is resumed;
+* a tqdm bar with the running loss, a JSONL log (``log.jsonl``: one line per ``log_every``
+  iterations with the averaged losses and the learning rate, plus ``event`` lines);
+* checkpoints (``checkpoint.pt``: decoder, optimizer, scheduler, grad scaler, iteration, RNG
+  states, config) every ``checkpoint_every`` iterations and at the end, written atomically (temp
+  file + ``os.replace``). ``train(resume=True)`` continues from it exactly: on CPU a resumed run
+  ends with bit-identical weights to an uninterrupted one. A ``KeyboardInterrupt`` or any
+  exception writes a checkpoint of the last completed iteration before re-raising (except a
+  non-finite loss, which would only save broken weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cdclip.pipeline.config import DataConfig, OptimConfig, TrainConfig
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LOG_NAME",
+    "SeededSamples",
+    "Trainer",
+    "TrainingTransform",
+    "build_dataset",
+    "lr_factor",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+FORMAT = "cdclip-train-v1"
+_SEED_MOD = 2**62
+
+
+# ---------------------------------------------------------------------------- schedule
+def lr_factor(iteration: int, optim: OptimConfig, total_iters: int) -> float:
+    """Learning-rate multiplier at ``iteration`` (ToCo/WeCLIP ``PolyWarmupAdamW``).
+
+    Warm-up: ``1 − (1 − it / warmup) · (1 − warmup_ratio)``, rising linearly from ``warmup_ratio``;
+    afterwards poly decay ``(1 − it / total_iters)^power``, 0 at the end.
+
+    Shape:
+        - output: () a Python float
+    """
+    if iteration < optim.warmup_iters:
+        return 1.0 - (1.0 - iteration / optim.warmup_iters) * (1.0 - optim.warmup_ratio)
+    return max(0.0, 1.0 - iteration / total_iters) ** optim.power
+
+
+# ---------------------------------------------------------------------------- data
+class TrainingTransform:
+    """:func:`~cdclip.data.transforms.train_transform` that also returns the crop's ``valid`` mask.
+
+    Crops smaller than the crop size are padded (image: mean colour, mask: void). The pseudo labels
+    must be void there too, but the ground-truth mask may not be used to find the padding (VOC's
+    void boundaries would leak). So a mask of ones travels through the same rescale/flip/crop and
+    marks the real pixels: ``sample["valid"]`` (crop, crop) bool.
+
+    Shape:
+        - sample["image"]: (3, H, W) uint8
+        - output["image"]: (3, crop, crop) float32
+        - output["valid"]: (crop, crop) bool
+    """
+
+    def __init__(self, data: DataConfig | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:  # fmt: skip
+        from cdclip.data.transforms import CLIP_MEAN, CLIP_STD, train_transform
+
+        data = data if data is not None else DataConfig()
+        self.transform = train_transform(
+            data.crop_size, data.scale_range, data.flip_prob, mean or CLIP_MEAN, std or CLIP_STD
+        )
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        from torchvision import tv_tensors
+
+        sample = dict(sample)
+        height, width = sample["image"].shape[-2:]
+        sample["valid"] = tv_tensors.Mask(torch.ones(height, width, dtype=torch.uint8))
+        out = self.transform(sample)
+        out["valid"] = out["valid"] == 1
+        return out
+
+
+def build_dataset(data: DataConfig, transform: Any = "train") -> Dataset:
+    """The training dataset of ``data`` (VOC or COCO) with :class:`TrainingTransform` by default.
+
+    Shape:
+        - item["image"]: (3, crop, crop) float32, item["valid"]: (crop, crop) bool, item["labels"]: (C,)
+    """
+    if data.root is None:
+        raise ValueError("data.root: no dataset folder given (set data.root or pass --data-root)")
+    tf = TrainingTransform(data) if transform == "train" else transform
+    if data.dataset == "voc":
+        from cdclip.data.voc import VOCSegmentation
+
+        return VOCSegmentation(data.root, data.split, transform=tf, label_file=data.label_file)
+    from cdclip.data.coco import COCOSegmentation
+
+    return COCOSegmentation(data.root, data.split, transform=tf, label_file=data.label_file)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` is drawn under its own torch seed.
+
+    The global RNG is forked and restored around each item: augmentation neither depends on nor
+    disturbs the training RNG, in the main process or in workers alike.
+
+    Shape:
+        - item: whatever the wrapped dataset returns for ``index``
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class _EpochSampler(Sampler[tuple[int, int]]):
+    """One epoch's shuffled ``(index, sample_seed)`` keys from ``start`` on (full batches only)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
+
+    def _keys(self) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % _SEED_MOD)
+        order = torch.randperm(self.size, generator=g).tolist()
+        stop = (self.size // self.batch_size) * self.batch_size
+        base = (self.seed * 7_919 + self.epoch * self.size) * 1_000_033
+        return [(order[i], (base + i) % _SEED_MOD) for i in range(self.start, stop)]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return max(0, (self.size // self.batch_size) * self.batch_size - self.start)
+
+
+# ---------------------------------------------------------------------------- RNG state
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002  (the legacy global RNG users may rely on)
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # a different number of GPUs: CPU stream stays exact
+            warnings.warn("resume: could not restore the CUDA RNG states", RuntimeWarning, stacklevel=2)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    random.seed(seed)
+
+
+class _NonFiniteLoss(FloatingPointError):
+    """Raised when the loss is NaN/inf: the checkpoint is then *not* overwritten."""
+
+
+# ---------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains the decoder of a :class:`~cdclip.pipeline.model.CDCLIP` (see the module docstring).
+
+    Args:
+        config: the run (:class:`TrainConfig`): iterations, optimiser, schedule, logging.
+        model: a :class:`CDCLIP` (anything with ``training_step(batch) -> {"loss": ...}``,
+            ``trainable_parameters()`` and a ``decoder`` module), already on its device.
+        dataset: map-style dataset of dicts with ``image`` (3, crop, crop), ``labels`` (C,) and
+            optionally ``valid`` (crop, crop) bool — e.g. :func:`build_dataset`.
+        out_dir: where ``checkpoint.pt`` and ``log.jsonl`` go (default ``config.out_dir``).
+
+    Shape:
+        - dataset item["image"]: (3, crop, crop)
+        - dataset item["labels"]: (C,)
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        dataset: Dataset,
+        out_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        self.config = config
+        self.model = model
+        self.dataset = dataset
+        self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
+        self.iteration = 0
+        try:
+            self.device = next(model.decoder.parameters()).device  # type: ignore[union-attr]
+        except (AttributeError, StopIteration) as err:
+            raise TypeError(
+                "model: expected a CDCLIP-like module with a decoder that has parameters"
+            ) from err
+        optim = config.optim
+        decoder_params = [p for p in model.decoder.parameters() if p.requires_grad]  # type: ignore[union-attr]
+        ids = {id(p) for p in decoder_params}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        groups: list[dict[str, Any]] = [
+            {"params": decoder_params, "lr": optim.lr * optim.decoder_lr_mult, "name": "decoder"}
+        ]
+        if others:
+            groups.append({"params": others, "lr": optim.lr, "name": "other"})
+        if not decoder_params:
+            raise ValueError("model: the decoder has no trainable parameters")
+        self.params = decoder_params + others
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, config.optim, config.iters)
+        )
+        cuda = self.device.type == "cuda"
+        amp = config.amp if cuda else "none"
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        if hasattr(model, "amp_dtype"):
+            model.amp_dtype = self.amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self._rng_at_start: dict[str, Any] | None = None
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / LOG_NAME
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, rng: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly: decoder, optimiser, schedule, RNG, config."""
+        return {
+            "format": FORMAT,
+            "iteration": self.iteration,
+            "decoder": self.model.decoder.state_dict(),  # type: ignore[union-attr]
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": dict(rng) if rng is not None else _rng_state(),
+            "config": self.config.to_dict(),
+            "class_names": list(getattr(self.model, "class_names", ())),
+        }
+
+    def save_checkpoint(
+        self, path: str | os.PathLike[str] | None = None, rng: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write the state atomically (temporary file in the same folder, then ``os.replace``)."""
+        target = Path(path) if path is not None else self.checkpoint_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(self.state_dict(rng), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return target
+
+    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Restore a checkpoint written by :meth:`save_checkpoint`; returns its iteration."""
+        source = Path(path) if path is not None else self.checkpoint_path
+        state = torch.load(source, map_location="cpu", weights_only=False)
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            raise ValueError(f"checkpoint: {source} is not a cdclip training checkpoint ({FORMAT})")
+        saved = state.get("config", {})
+        current = self.config.to_dict()
+        changed = sorted(
+            f"{section}.{key}"
+            for section, values in current.items()
+            if isinstance(values, dict) and isinstance(saved.get(section), dict)
+            for key in values
+            if saved[section].get(key) != values[key]
+        )
+        if changed:
+            warnings.warn(
+                f"resume: config differs from the checkpoint's in {', '.join(changed)}", stacklevel=2
+            )
+        self.model.decoder.load_state_dict(state["decoder"])  # type: ignore[union-attr]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        return self.iteration
+
+    # ------------------------------------------------------------------ data
+    def batches(self) -> Iterator[Any]:
+        """Endless batches from ``self.iteration`` on; epoch ``e`` position ``i`` is always the same batch."""
+        data = self.config.data
+        size = len(self.dataset)  # type: ignore[arg-type]
+        per_epoch = size // data.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"dataset: {size} samples is fewer than data.batch_size={data.batch_size}")
+        epoch, start = divmod(self.iteration, per_epoch)
+        seeded = SeededSamples(self.dataset)
+        while True:
+            sampler = _EpochSampler(size, data.batch_size, self.config.seed, epoch, start * data.batch_size)
+            loader = DataLoader(
+                seeded,
+                batch_size=data.batch_size,
+                sampler=sampler,
+                num_workers=data.num_workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+                # its own generator: creating a loader must not consume the global (dropout) RNG
+                generator=torch.Generator().manual_seed(self.config.seed + epoch),
+            )
+            yield from loader
+            epoch, start = epoch + 1, 0
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: Mapping[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(record), sort_keys=False) + "\n")
+
+    # ------------------------------------------------------------------ training
+    def step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns the model's outputs (losses detached)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model.training_step(batch)  # type: ignore[operator]
+        loss = out["loss"]
+        self.scaler.scale(loss).backward()
+        if self.config.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])  # the decoder lr of this step
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+    def train(self, resume: bool = False, iters: int | None = None) -> dict[str, float]:
+        """Train until ``iters`` (default ``config.iters``) iterations are done.
+
+        Args:
+            resume: continue from ``checkpoint.pt`` in the output folder when it exists.
+            iters: stop after this many iterations in total (the schedule still spans
+                ``config.iters``); useful to split a run.
+
+        Returns:
+            The losses averaged over the last logging window (``{}`` when nothing ran).
+        """
+        cfg = self.config
+        total = cfg.iters if iters is None else int(iters)
+        if total > cfg.iters:
+            raise ValueError(f"iters: expected at most config.iters={cfg.iters}, got {total}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint()
+            self._log({"event": "resume", "iter": self.iteration, "time": time.time()})
+        else:
+            if resume:
+                warnings.warn(
+                    f"resume: no checkpoint at {self.checkpoint_path}; starting from scratch", stacklevel=2
+                )
+            self.iteration = 0
+            _seed_everything(cfg.seed)
+            (self.out_dir / "config.json").write_text(
+                json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
+            self._log({"event": "start", "iter": 0, "time": time.time()})
+        if self.iteration >= total:
+            return {}
+
+        from tqdm.auto import tqdm
+
+        window: dict[str, torch.Tensor] = {}
+        count = 0
+        last: dict[str, float] = {}
+        tick = time.time()
+        bar = tqdm(
+            total=total, initial=self.iteration, disable=not cfg.progress, dynamic_ncols=True, desc="train"
+        )
+        data = self.batches()
+        self._rng_at_start = None
+        try:
+            while self.iteration < total:
+                self._rng_at_start = _rng_state()  # a crash mid-iteration resumes from here
+                batch = next(data)
+                out = self.step(batch)
+                self._rng_at_start = None  # the iteration completed: the current RNG is the one to save
+                for key in ("loss", "loss_seg", "loss_aff", "loss_be"):
+                    if key in out:
+                        value = out[key].float()
+                        window[key] = window[key] + value if key in window else value
+                count += 1
+                bar.update(1)
+                if self.iteration % cfg.log_every == 0 or self.iteration == total:
+                    last = {k: float(v) / count for k, v in window.items()}
+                    if not all(math.isfinite(v) for v in last.values()):
+                        raise _NonFiniteLoss(f"non-finite loss at iteration {self.iteration}: {last}")
+                    now = time.time()
+                    record = {"iter": self.iteration, **last, "lr": self.last_lr,
+                              "sec_per_iter": (now - tick) / count, "time": now}  # fmt: skip
+                    self._log(record)
+                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+                    window, count, tick = {}, 0, now
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
+                    self.save_checkpoint()
+                    if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
+                        self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
+            self._log({"event": "end", "iter": self.iteration, "time": time.time()})
+        except _NonFiniteLoss:
+            self._log({"event": "non_finite_loss", "iter": self.iteration, "time": time.time()})
+            raise
+        except BaseException as err:
+            try:
+                self.save_checkpoint(rng=self._rng_at_start)
+                self._log({"event": "interrupted", "iter": self.iteration, "error": type(err).__name__,
+                           "time": time.time()})  # fmt: skip
+            except Exception as save_err:  # never hide the original error
+                warnings.warn(
+                    f"could not save the crash checkpoint: {save_err}", RuntimeWarning, stacklevel=2
+                )
+            raise
+        finally:
+            bar.close()
+            data.close()
+        return last
