@@ -64,6 +64,9 @@ _LAZY: dict[str, str] = {
     "WeCLIPDecoder": "cdclip.pipeline.decoder",
     "Trainer": "cdclip.pipeline.trainer",
     "TrainConfig": "cdclip.pipeline.config",
+    "Evaluator": "cdclip.pipeline.evaluator",
+    "evaluate_labels": "cdclip.pipeline.evaluator",
+    "multiscale_logits": "cdclip.pipeline.evaluator",
     # refinement, metrics
     "PAR": "cdclip.refine.par",
     "par": "cdclip.refine.par",
@@ -131,6 +134,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols
     from cdclip.metrics import ConfusionMatrix
     from cdclip.pipeline.config import TrainConfig
     from cdclip.pipeline.decoder import WeCLIPDecoder
+    from cdclip.pipeline.evaluator import Evaluator, evaluate_labels, multiscale_logits
     from cdclip.pipeline.model import CDCLIP
     from cdclip.pipeline.pseudo_labels import PseudoLabeler
     from cdclip.pipeline.trainer import Trainer

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cams": ("cdclip.commands.cams", "initial CAMs, refined CAMs and pseudo labels (training-free)"),
     "coco-masks": ("cdclip.commands.coco_masks", "rasterise COCO instance annotations to semantic PNG masks"),
     "train": ("cdclip.commands.train", "single-stage CD-CLIP training (frozen CLIP + DINO, trainable decoder)"),
+    "eval": ("cdclip.commands.evaluate", "mIoU of label PNGs or of a trained model (multi-scale + flip, optional CRF)"),
     "list": ("cdclip.commands.list_components", "list the registered components"),
 }
 

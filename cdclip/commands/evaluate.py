@@ -1,0 +1,156 @@
+"""``cdclip eval``: mIoU of written label PNGs, or of a trained model with multi-scale + flip (+ CRF).
+
+Examples::
+
+    # score PNGs already written (predictions, pseudo labels from `cdclip cams`)
+    cdclip eval --voc data/VOC2012 --split train --pred-dir runs/cams_voc/pseudo
+    # evaluate a training checkpoint: scales 1.0 and 0.75, flip, long side 512 (WeCLIP protocol)
+    cdclip eval --voc data/VOC2012 --split val --checkpoint runs/voc/checkpoint.pt --crf --out runs/voc/eval
+
+Outputs in ``--out``: ``metrics.json`` (mIoU, per-class IoU, pixel accuracy, image count) and
+``iou.md`` (per-class table); with ``--checkpoint`` also ``predictions/<name>.png``. Existing
+predictions are read back instead of recomputed unless ``--overwrite``, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (one of)")
+    group = data.add_mutually_exclusive_group(required=True)
+    group.add_argument("--voc", type=Path, metavar="ROOT", help="PASCAL VOC2012 folder")
+    group.add_argument("--coco", type=Path, metavar="ROOT", help="COCO folder (images in ROOT/SPLIT)")
+    data.add_argument("--split", default=None, help="split to score (VOC: val; COCO: val2014)")
+    data.add_argument("--mask-dir", default=None, help="ground-truth mask folder (default: the dataset's)")
+    data.add_argument("--limit", type=int, default=None, help="only the first N images")
+
+    what = parser.add_argument_group("what to score (one of)")
+    mode = what.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--pred-dir", type=Path, help="folder of label PNGs <name>.png to score")
+    mode.add_argument("--checkpoint", type=Path, help="training checkpoint (checkpoint.pt) to evaluate")
+    what.add_argument("--void-pred", default="error", choices=("error", "background", "skip"),
+                      help="--pred-dir: how a predicted 255 counts (pseudo labels with ignored pixels)")
+
+    model = parser.add_argument_group("model evaluation (--checkpoint)")
+    model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75], help="factors of --long-side")
+    model.add_argument("--no-flip", action="store_true", help="do not add horizontally flipped inputs")
+    model.add_argument("--long-side", type=int, default=512, help="input long side at scale 1 (0: native)")
+    model.add_argument("--crf", action="store_true", help="dense CRF on the averaged softmax (pip install cdclip[crf])")
+    model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    model.add_argument("--clip-weights", default=None, help="override the CLIP weights path stored in the checkpoint")
+    model.add_argument("--workers", type=int, default=2, help="data-loading processes")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None,
+                     help="output folder (default: the --pred-dir folder, or <checkpoint dir>/eval_<split>)")
+    out.add_argument("--overwrite", action="store_true", help="recompute predictions whose PNG exists")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.voc is not None:
+        from cdclip.data.voc import VOCSegmentation
+
+        split = args.split or "val"
+        return VOCSegmentation(args.voc, split, mask_dir=args.mask_dir, require_labels=False), split
+    from cdclip.data.coco import COCOSegmentation
+
+    split = args.split or "val2014"
+    return COCOSegmentation(args.coco, split, mask_dir=args.mask_dir), split
+
+
+def _print_result(metrics: dict[str, Any], out: Path) -> None:
+    print((out / "iou.md").read_text(encoding="utf-8").rstrip())
+    print(f"mIoU {100.0 * metrics['miou']:.2f} over {metrics['images']} image(s); metrics in {out / 'metrics.json'}")
+
+
+def _build_model(args: argparse.Namespace) -> Any:
+    """The trained model from a checkpoint; raises with a message on any failure (caught by run)."""
+    import torch
+
+    from cdclip.pipeline import model as model_module
+    from cdclip.pipeline.config import TrainConfig
+
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # evaluation needs neither DINO nor the boundary loss: λ_be = 0 keeps DINO from being built
+    overrides: dict[str, Any] = {"device": device, "loss": {"lambda_be": 0.0}}
+    if args.clip_weights is not None:
+        overrides["model"] = {"clip_weights": args.clip_weights}
+    config = TrainConfig.from_dict(overrides, base=TrainConfig.from_dict(checkpoint.get("config", {})))
+    model = model_module.build_model(config, device=device)
+    model.load_decoder(checkpoint)
+    model.eval()
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdclip.pipeline.evaluator import Evaluator, evaluate_labels
+
+    root = args.voc if args.voc is not None else args.coco
+    if not root.is_dir():
+        print(f"cdclip eval: {'--voc' if args.voc is not None else '--coco'} {root} is not a folder", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 0:
+        print(f"cdclip eval: --limit must be >= 0, got {args.limit}", file=sys.stderr)
+        return 2
+    dataset, split = _dataset(args)
+    names = ["background", *dataset.class_names]
+
+    if args.pred_dir is not None:
+        if not args.pred_dir.is_dir():
+            print(f"cdclip eval: --pred-dir {args.pred_dir} is not a folder", file=sys.stderr)
+            return 2
+        out = args.out if args.out is not None else args.pred_dir
+        try:
+            metrics = evaluate_labels(
+                args.pred_dir, dataset, len(names), names, limit=args.limit, out_dir=out,
+                void_prediction=args.void_pred, progress=not args.quiet,
+            )
+        except (FileNotFoundError, ValueError) as err:
+            print(f"cdclip eval: {err}", file=sys.stderr)
+            return 2
+        _print_result(metrics, out)
+        return 0
+
+    if not args.checkpoint.is_file():
+        print(f"cdclip eval: --checkpoint {args.checkpoint} is not a file", file=sys.stderr)
+        return 2
+    if any(s <= 0 for s in args.scales) or args.long_side < 0:
+        print(f"cdclip eval: --scales must be > 0 and --long-side >= 0, got {args.scales} / {args.long_side}",
+              file=sys.stderr)
+        return 2
+    try:
+        model = _build_model(args)
+    except ImportError as err:
+        print(f"cdclip eval: the trained model is not available in this installation ({err})", file=sys.stderr)
+        return 2
+    except Exception as err:  # any failure to rebuild the model is reported, not a traceback
+        print(f"cdclip eval: cannot build the model from {args.checkpoint}: {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else args.checkpoint.parent / f"eval_{split}"
+    try:
+        evaluator = Evaluator(
+            model, len(names), names, scales=args.scales, flip=not args.no_flip,
+            long_side=args.long_side or None, crf=True if args.crf else None, progress=not args.quiet,
+        )
+    except ImportError as err:  # --crf without pydensecrf2
+        print(f"cdclip eval: {err}", file=sys.stderr)
+        return 2
+    metrics = evaluator.evaluate(dataset, out_dir=out, limit=args.limit, overwrite=args.overwrite,
+                                 num_workers=args.workers)
+    _print_result(metrics, out)
+    summary = {k: metrics[k] for k in ("predicted", "reused")}
+    print(f"predictions in {out / 'predictions'}: {json.dumps(summary)}")
+    return 0
