@@ -283,6 +283,8 @@ def test_evaluator_rejects_bad_inputs(voc_root: Path) -> None:
 
 # ---------------------------------------------------------------------------- CRF
 def test_crf_refines_each_image_once(voc_root: Path) -> None:
+    # pydensecrf2 is in the dev extra, so CI runs this; elsewhere the next test covers the missing extra
+    pytest.importorskip("pydensecrf.densecrf", reason="the optional crf extra (pydensecrf2) is not installed")
     oracle = Oracle(gain=3.0)
     dataset = OracleDataset(VOCSegmentation(voc_root, "val"), oracle)
     crf = DenseCRF(num_iter=3)
