@@ -15,25 +15,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cdclip.backbones.openclip import CLIPOutput
 from cdclip.backbones.text import build_text_classifier
 
-
-@dataclass
-class OracleOutput:
-    dense: torch.Tensor
-    global_embedding: torch.Tensor
-    cls_embedding: torch.Tensor
-    attn: torch.Tensor
-    block_tokens: tuple[torch.Tensor, ...]
-    grid: tuple[int, int]
-    attn_blocks: tuple[int, ...] = ()
-    last_block_input: torch.Tensor | None = None
-    last_block_ln1: torch.Tensor | None = None
+# the oracle returns exactly what the real backbone returns
+OracleOutput = CLIPOutput
 
 
 class OracleBackbone:
