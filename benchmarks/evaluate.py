@@ -27,26 +27,14 @@ import os
 import platform
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import times  # benchmarks/_timing.py (sys.path[0] is this folder)
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 class StandIn(nn.Module):
@@ -147,12 +135,12 @@ def main() -> int:
         save_label_png(tmp / "pred.png", logits.argmax(0))
 
     rows: dict[str, list[float]] = {
-        "normalise+resize": _time(normalise_resize, args.repeats),
-        "segmenter (stand-in)": _time(segment, args.repeats),
-        "flip+batch": _time(flip_batch, args.repeats),
-        "upsample+average": _time(upsample, args.repeats),
-        "metric": _time(metric, args.repeats),
-        "png": _time(png, args.repeats),
+        "normalise+resize": times(normalise_resize, args.repeats),
+        "segmenter (stand-in)": times(segment, args.repeats),
+        "flip+batch": times(flip_batch, args.repeats),
+        "upsample+average": times(upsample, args.repeats),
+        "metric": times(metric, args.repeats),
+        "png": times(png, args.repeats),
     }
     crf_available = True
     try:
@@ -160,14 +148,14 @@ def main() -> int:
 
         crf = DenseCRF(num_iter=args.crf_iters)
         Evaluator(model, 21, crf=crf, progress=False)  # raises the install hint without pydensecrf2
-        rows["crf"] = _time(lambda: crf(image, torch.softmax(logits, 0)), max(1, args.repeats // 2))
+        rows["crf"] = times(lambda: crf(image, torch.softmax(logits, 0)), max(1, args.repeats // 2))
     except ImportError:
         crf_available = False
     plain = Evaluator(model, 21, scales=args.scales, long_side=args.long_side, progress=False)
-    rows["predict (total, no CRF)"] = _time(lambda: plain.predict(image), args.repeats)
+    rows["predict (total, no CRF)"] = times(lambda: plain.predict(image), args.repeats)
     if crf_available:
         with_crf = Evaluator(model, 21, scales=args.scales, long_side=args.long_side, crf=crf, progress=False)
-        rows["predict (total, CRF)"] = _time(lambda: with_crf.predict(image), max(1, args.repeats // 2))
+        rows["predict (total, CRF)"] = times(lambda: with_crf.predict(image), max(1, args.repeats // 2))
 
     results = {
         "image": [int(height), int(width)],

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
+
+from _timing import median_time  # benchmarks/_timing.py (sys.path[0] is this folder)
 
 
 def _rss_mib() -> float:
@@ -33,16 +33,6 @@ def _rss_mib() -> float:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, caches, compile)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
@@ -64,7 +54,7 @@ def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
         out = pairwise_js(p, compile=compile_)
         result["peak_mib_over_inputs"] = _peak_rss_mib() - before
         result["output_mib"] = out.numel() * out.element_size() / 2**20
-        result["seconds"] = _median_time(lambda: pairwise_js(p, compile=compile_), repeats)
+        result["seconds"] = median_time(lambda: pairwise_js(p, compile=compile_), repeats)
         if n <= 1600:
             from scipy.spatial.distance import cdist
 
@@ -74,7 +64,7 @@ def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
         from scipy.spatial.distance import cdist
 
         x = p[0].numpy()
-        result["seconds"] = _median_time(lambda: cdist(x, x, "jensenshannon") ** 2, max(1, repeats // 3))
+        result["seconds"] = median_time(lambda: cdist(x, x, "jensenshannon") ** 2, max(1, repeats // 3))
     elif method == "naive":
         need_gib = n * n * k * 4 * 3 / 2**30
         if need_gib > 4:
@@ -90,7 +80,7 @@ def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
         before = _rss_mib()
         naive()
         result["peak_mib_over_inputs"] = _peak_rss_mib() - before
-        result["seconds"] = _median_time(naive, max(1, repeats // 2))
+        result["seconds"] = median_time(naive, max(1, repeats // 2))
     elif method == "log-floor":
         # N²K/2 float32 logarithms and nothing else, in blocks of the kernel's default size
         from cdclip.kernels.js import DEFAULT_BLOCK_ELEMENTS
@@ -107,7 +97,7 @@ def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
             if tail:
                 torch.log(src[:tail], out=dst[:tail])
 
-        result["seconds"] = _median_time(logs, repeats)
+        result["seconds"] = median_time(logs, repeats)
     return result
 
 
@@ -145,7 +135,7 @@ def main() -> None:
         p = torch.softmax(torch.randn(1, 1600, 103, generator=torch.Generator().manual_seed(0)) * 2, -1)
         print("| block_elements | MiB per buffer | seconds |\n|---|---|---|")
         for e in range(16, 25):
-            sec = _median_time(lambda e=e: pairwise_js(p, block_elements=1 << e), args.repeats)
+            sec = median_time(lambda e=e: pairwise_js(p, block_elements=1 << e), args.repeats)
             print(f"| 2**{e} | {(1 << e) * 4 / 2**20:g} | {sec:.4f} |", flush=True)
         return
 

@@ -15,12 +15,11 @@ import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import times  # benchmarks/_timing.py (sys.path[0] is this folder)
 
 
 def _inputs(batch: int, classes: int, crop: int, grid: int, dim: int, seed: int):
@@ -37,17 +36,6 @@ def _inputs(batch: int, classes: int, crop: int, grid: int, dim: int, seed: int)
     scores = torch.cat([torch.full((batch, 1, grid, grid), 0.5), cams], 1)
     pseudo = F.interpolate(scores, size=(crop, crop), mode="bilinear").argmax(1)
     return cams, present, features, pseudo
-
-
-def _time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> int:
@@ -85,9 +73,9 @@ def main() -> int:
 
     per_image = 1e3 / args.batch
     timings = {
-        "sbe (prototypes + band + correction)": _time(sbe, args.repeats),
-        "boundary_band only": _time(lambda: boundary_band(band_input, 5), args.repeats),
-        "boundary loss fwd+bwd": _time(loss_step, args.repeats),
+        "sbe (prototypes + band + correction)": times(sbe, args.repeats, warmup=3),
+        "boundary_band only": times(lambda: boundary_band(band_input, 5), args.repeats, warmup=3),
+        "boundary loss fwd+bwd": times(loss_step, args.repeats, warmup=3),
     }
     medians = {k: per_image * statistics.median(v) for k, v in timings.items()}
     result = {
