@@ -122,29 +122,20 @@ def build_config(args: argparse.Namespace) -> Any:
     name = args.preset or (file_data.get("data", {}) or {}).get("dataset") or "voc"
     config = TrainConfig.from_dict(file_data, base=preset(name))
 
+    # named options -> config keys (applied after the YAML file, before --set)
+    option_keys = (
+        ("data_root", "data.root"), ("split", "data.split"), ("workers", "data.num_workers"),
+        ("batch_size", "data.batch_size"), ("weights", "model.clip_weights"),
+        ("dino_weights", "model.dino_weights"), ("out", "out_dir"), ("iters", "iters"),
+        ("amp", "amp"), ("seed", "seed"),
+    )  # fmt: skip
     direct: dict[str, Any] = {}
-    if args.data_root is not None:
-        direct["data.root"] = str(args.data_root)
-    if args.split is not None:
-        direct["data.split"] = args.split
-    if args.workers is not None:
-        direct["data.num_workers"] = args.workers
-    if args.batch_size is not None:
-        direct["data.batch_size"] = args.batch_size
-    if args.weights is not None:
-        direct["model.clip_weights"] = args.weights
-    if args.dino_weights is not None:
-        direct["model.dino_weights"] = args.dino_weights
+    for option, key in option_keys:
+        value = getattr(args, option)
+        if value is not None:
+            direct[key] = str(value) if isinstance(value, Path) else value
     if args.no_sbe:
         direct["loss.lambda_be"] = 0.0
-    if args.out is not None:
-        direct["out_dir"] = str(args.out)
-    if args.iters is not None:
-        direct["iters"] = args.iters
-    if args.amp is not None:
-        direct["amp"] = args.amp
-    if args.seed is not None:
-        direct["seed"] = args.seed
     if args.no_progress:
         direct["progress"] = False
     if args.device is not None:
