@@ -151,6 +151,11 @@ def cda_affinity(probs: Tensor, kind: AffinityKind = "exp", sigma: float = 0.05,
         - output: (B, N, N), values in [0, 1], 1 on the diagonal
     """
     check_probs(probs)
+    return _affinity_from_probs(probs, kind, sigma, beta)
+
+
+def _affinity_from_probs(probs: Tensor, kind: str, sigma: float, beta: float) -> Tensor:
+    """:func:`cda_affinity` without re-validating ``probs`` (callers have checked it)."""
     if kind not in AFFINITY_KINDS:
         raise ValueError(f"kind: expected one of {AFFINITY_KINDS}, got {kind!r}")
     if sigma <= 0:
@@ -287,7 +292,8 @@ def cda_refine(
 
     dtype = compute_dtype(cams)
     tm = {"sinkhorn_iters": sinkhorn_iters, "power": power}
-    a_cd = cda_affinity(probs, affinity, sigma, beta) if needs_probs else None  # type: ignore[arg-type]
+    # probs was validated above; the affinity must not repeat the O(N·K) check and its host syncs
+    a_cd = _affinity_from_probs(probs, affinity, sigma, beta) if needs_probs else None  # type: ignore[arg-type]
     a_attn = attn.to(dtype) if needs_attn else None  # type: ignore[union-attr]
     if fusion == "attn":
         trans = transition_matrix(a_attn, **tm)  # type: ignore[arg-type]

@@ -88,7 +88,8 @@ def refine_cams(
     out = cams.new_zeros(b, c, h, w, dtype=torch.float32)
     if idx.numel() == 0:
         return out
-    attn = attention_affinity(output.attn, attn_layers).to(cams.device)
+    # "replace" uses the class distributions only: no attention average to build
+    attn = None if method == "replace" else attention_affinity(output.attn, attn_layers).to(cams.device)
     probs = None
     if method != "attn":
         if text is None:
