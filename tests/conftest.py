@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Never touch the network: open_clip and timm go through huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("CDCLIP_NO_PLUGINS", "0")
+# Native kernels are built into a cache private to this test session (removed at exit), so the
+# tests always exercise a fresh build and leave nothing in the user's cache.
+if "CDCLIP_CACHE_DIR" not in os.environ:
+    os.environ["CDCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdclip-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CDCLIP_CACHE_DIR"], ignore_errors=True)
 
 import pytest
 import torch

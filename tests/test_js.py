@@ -25,15 +25,19 @@ def dirichlet(*shape: int, alpha: float = 0.5, dtype=torch.float64, seed: int = 
     return (x / x.sum(-1, keepdim=True)).to(dtype)
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-def test_pairwise_matches_scipy_cdist(dtype, atol):
+@pytest.mark.parametrize(
+    "dtype,atol,backend",
+    [(torch.float64, 1e-12, "torch"), (torch.float32, 2e-6, "torch"), (torch.float32, 2e-6, "native")],
+)
+def test_pairwise_matches_scipy_cdist(dtype, atol, backend):
     p = dirichlet(2, 37, 21, dtype=dtype, seed=1)
     q = dirichlet(2, 23, 21, dtype=dtype, seed=2)
     for b in range(2):
         ref_pp = cdist(p[b].double().numpy(), p[b].double().numpy(), "jensenshannon") ** 2
         ref_pq = cdist(p[b].double().numpy(), q[b].double().numpy(), "jensenshannon") ** 2
-        np.testing.assert_allclose(pairwise_js(p)[b].double().numpy(), ref_pp, atol=atol, rtol=0)
-        np.testing.assert_allclose(pairwise_js(p, q)[b].double().numpy(), ref_pq, atol=atol, rtol=0)
+        out_pp = pairwise_js(p, backend=backend)[b].double().numpy()
+        np.testing.assert_allclose(out_pp, ref_pp, atol=atol, rtol=0)
+        np.testing.assert_allclose(pairwise_js(p, q, backend=backend)[b].double().numpy(), ref_pq, atol=atol, rtol=0)
 
 
 def test_matched_matches_scipy_jensenshannon():
@@ -106,7 +110,7 @@ def test_no_n_by_m_by_k_tensor(monkeypatch):
         return t
 
     monkeypatch.setattr(js_mod.torch, "empty", spy)
-    pairwise_js(p, block_elements=4096)
+    pairwise_js(p, block_elements=4096, backend="torch")
     assert 0 < largest <= 4096 < 64 * 64 * 16
 
 
@@ -121,11 +125,11 @@ def test_compile_failure_falls_back_once_with_warning(monkeypatch):
     monkeypatch.setattr(js_mod, "_compile_failed", False)
     monkeypatch.setattr(js_mod.torch, "compile", broken)
     with pytest.warns(RuntimeWarning, match="falling back to the eager kernel"):
-        out = pairwise_js(p, compile=True)
+        out = pairwise_js(p, backend="compile")
     torch.testing.assert_close(out, expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second call must not warn again
-        torch.testing.assert_close(pairwise_js(p, compile=True), expected)
+        torch.testing.assert_close(pairwise_js(p, backend="compile"), expected)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +145,13 @@ def test_compile_failure_falls_back_once_with_warning(monkeypatch):
 def test_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         pairwise_js(*args)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match=r"backend: expected one of \('auto', 'native', 'torch', 'compile'\), got 'numba'"):
+        pairwise_js(torch.rand(1, 3, 4).softmax(-1), backend="numba")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        cdclip.JSDivergence(backend="fast")
 
 
 def test_matched_shapes_are_not_broadcast():
