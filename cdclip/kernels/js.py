@@ -19,7 +19,7 @@ Backends of :func:`pairwise_js` (the ``backend`` argument):
 - ``native`` — a fused C kernel (``js_native.c``, AVX2 + FMA, float32) that adds, takes the log,
   multiplies and reduces in registers, so nothing but the output touches memory; built on first
   use with the system C compiler and cached (``cdclip/kernels/_native.py``). Used for CPU work
-  without autograd. 2.6x faster than the torch blocks at N=1600, K=103 on a 2-core AVX2 CPU.
+  without autograd. 2.9x faster than the torch blocks at N=1600, K=103 on a 2-core AVX2 CPU.
 - ``torch`` — the blocked torch code below: any device, any dtype, autograd.
 - ``compile`` — the torch blocks fused by ``torch.compile``.
 - ``auto`` (default) — ``native`` where it applies and can be built, else ``torch``.
@@ -182,7 +182,7 @@ def _native_library(requested: bool) -> ctypes.CDLL | None:
             _native_warned = True
             warnings.warn(
                 f"pairwise_js: the native kernel is unavailable ({err}); using the torch kernel "
-                f"(about 2.5x slower on the CPU). Set {_native.NATIVE_ENV}=0 to skip it without this warning.",
+                f"(about 3x slower on the CPU). Set {_native.NATIVE_ENV}=0 to skip it without this warning.",
                 RuntimeWarning,
                 stacklevel=3,
             )
