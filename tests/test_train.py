@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import warnings
 
 import numpy as np
@@ -355,3 +356,29 @@ def test_ablation_options_train(voc_root, tiny_clip, model_options):
     assert torch.isfinite(out["loss"]) and float(out["loss_aff"]) == 0.0 and float(out["loss_be"]) == 0.0
     assert set(out["pseudo_labels"].unique().tolist()) <= {0, 15}
     out["loss"].backward()
+
+
+class _WhoLoaded(torch.utils.data.Dataset):
+    """Items say which process made them and under which seed (a draw from the seeded RNG)."""
+
+    def __len__(self) -> int:
+        return 7
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"index": torch.tensor(index), "draw": torch.rand(()), "pid": torch.tensor(os.getpid())}
+
+
+def test_batches_keep_their_workers_across_epochs_and_do_not_depend_on_them(voc_root, tmp_path, tiny_clip, tiny_dino):
+    # 7 samples, batch 2: 3 batches per epoch; 8 batches span 3 epochs
+    streams = {}
+    for workers in (0, 2):
+        trainer = _trainer(_config(voc_root, tmp_path / str(workers), data={"num_workers": workers}), tiny_clip, tiny_dino)
+        trainer.dataset = _WhoLoaded()
+        streams[workers] = list(itertools.islice(trainer.batches(), 8))
+    for a, b in zip(streams[0], streams[2], strict=True):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["draw"], b["draw"])
+    pids = {int(pid) for batch in streams[2] for pid in batch["pid"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers served all three epochs
+    per_epoch = [sorted(int(i) for batch in streams[0][e * 3 : e * 3 + 3] for i in batch["index"]) for e in (0, 1)]
+    assert all(len(set(indices)) == 6 for indices in per_epoch)  # an epoch never repeats a sample
+    assert [b["index"].tolist() for b in streams[0][:3]] != [b["index"].tolist() for b in streams[0][3:6]]

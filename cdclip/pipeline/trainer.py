@@ -147,23 +147,28 @@ class SeededSamples(Dataset):
 
 
 class _EpochSampler(Sampler[tuple[int, int]]):
-    """One epoch's shuffled ``(index, sample_seed)`` keys from ``start`` on (full batches only)."""
+    """Shuffled ``(index, sample_seed)`` keys, epoch after epoch without end, from ``start`` of ``epoch``.
+
+    Each epoch holds full batches only, so no batch straddles two epochs, and the keys of epoch
+    ``e`` position ``i`` depend on nothing else: a resumed run sees the same batches. One endless
+    sampler (instead of a loader per epoch) keeps the DataLoader workers alive across epochs.
+    """
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, start: int = 0) -> None:
         self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
 
-    def _keys(self) -> list[tuple[int, int]]:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % _SEED_MOD)
+    def _keys(self, epoch: int, start: int) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % _SEED_MOD)
         order = torch.randperm(self.size, generator=g).tolist()
         stop = (self.size // self.batch_size) * self.batch_size
-        base = (self.seed * 7_919 + self.epoch * self.size) * 1_000_033
-        return [(order[i], (base + i) % _SEED_MOD) for i in range(self.start, stop)]
+        base = (self.seed * 7_919 + epoch * self.size) * 1_000_033
+        return [(order[i], (base + i) % _SEED_MOD) for i in range(start, stop)]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self._keys())
-
-    def __len__(self) -> int:
-        return max(0, (self.size // self.batch_size) * self.batch_size - self.start)
+        epoch, start = self.epoch, self.start
+        while True:
+            yield from self._keys(epoch, start)
+            epoch, start = epoch + 1, 0
 
 
 # ---------------------------------------------------------------------------- RNG state
@@ -341,21 +346,16 @@ class Trainer:
         if per_epoch == 0:
             raise ValueError(f"dataset: {size} samples is fewer than data.batch_size={data.batch_size}")
         epoch, start = divmod(self.iteration, per_epoch)
-        seeded = SeededSamples(self.dataset)
-        while True:
-            sampler = _EpochSampler(size, data.batch_size, self.config.seed, epoch, start * data.batch_size)
-            loader = DataLoader(
-                seeded,
-                batch_size=data.batch_size,
-                sampler=sampler,
-                num_workers=data.num_workers,
-                drop_last=True,
-                pin_memory=self.device.type == "cuda",
-                # its own generator: creating a loader must not consume the global (dropout) RNG
-                generator=torch.Generator().manual_seed(self.config.seed + epoch),
-            )
-            yield from loader
-            epoch, start = epoch + 1, 0
+        loader = DataLoader(
+            SeededSamples(self.dataset),
+            batch_size=data.batch_size,
+            sampler=_EpochSampler(size, data.batch_size, self.config.seed, epoch, start * data.batch_size),
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating a loader must not consume the global (dropout) RNG
+            generator=torch.Generator().manual_seed(self.config.seed + epoch),
+        )
+        yield from loader
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: Mapping[str, Any]) -> None:
