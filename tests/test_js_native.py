@@ -179,7 +179,7 @@ def test_unwritable_cache_builds_in_a_temporary_folder(fresh_native, monkeypatch
     def build(source, target, compiler):
         calls.append(target)
         if len(calls) == 1:
-            raise PermissionError(13, "Permission denied", str(target.parent))
+            raise OSError(30, "Read-only file system", str(target.parent))
         real_build(source, target, compiler)
 
     monkeypatch.setattr(_native, "_build", build)

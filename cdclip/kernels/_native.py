@@ -133,8 +133,9 @@ def load(name: str, source: Path | None = None) -> ctypes.CDLL:
         if not target.is_file():
             try:
                 _build(source, target, compiler)
-            except PermissionError:
-                # read-only cache (shared home, container): build into a private temporary folder
+            except OSError:
+                # unwritable or read-only cache (shared home, container): build into a private
+                # temporary folder instead
                 target = Path(tempfile.mkdtemp(prefix="cdclip-kernels-")) / target.name
                 _build(source, target, compiler)
         library = ctypes.CDLL(str(target))
