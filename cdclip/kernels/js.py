@@ -207,6 +207,11 @@ def _padded_rows(x: Tensor) -> Tensor:
     return out
 
 
+def _run_kernel(function: Callable[..., None], args: tuple, buffers: tuple[Tensor, ...]) -> None:
+    """Call the C kernel; ``buffers`` only keeps the tensors behind ``args``' pointers alive."""
+    function(*args)
+
+
 def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, u: Tensor, v: Tensor, symmetric: bool) -> Tensor:
     """``clamp(u_i + v_j - ½ Σ s log s, 0, ln 2)`` by the C kernel, on ``torch.get_num_threads()`` threads.
 
@@ -227,7 +232,12 @@ def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, u: Tensor, v: T
     function = library.cdclip_pairwise_js_f32
     terms = b * n * m * p_rows.shape[-1] // (2 if symmetric else 1)
     threads = 1 if terms < _NATIVE_THREADING_MIN_TERMS else max(1, torch.get_num_threads())
-    helpers = [threading.Thread(target=function, args=args, daemon=True) for _ in range(threads - 1)]
+    # each helper holds the tensors themselves, not only their addresses: should the caller's join
+    # be interrupted (Ctrl-C), a helper still finishing its tile writes into memory that is alive
+    buffers = (p_rows, q_rows, u, v, out)
+    helpers = [
+        threading.Thread(target=_run_kernel, args=(function, args, buffers), daemon=True) for _ in range(threads - 1)
+    ]
     for helper in helpers:
         helper.start()
     function(*args)  # the calling thread works too
