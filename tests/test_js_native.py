@@ -51,7 +51,7 @@ def test_native_is_the_default_on_this_cpu():
 @pytest.mark.parametrize("k", [1, 7, 8, 9, 21, 103])
 @pytest.mark.parametrize("n,m", [(1, 1), (2, 5), (17, 17), (45, 33)])
 def test_native_matches_scipy_for_any_k_and_size(n, m, k):
-    """Row padding (k not a multiple of 8), odd column counts and tile edges (16 rows, 32 columns)."""
+    """Masked last registers (k not a multiple of 8), odd column counts, tile edges (16 rows, 32 columns)."""
     p = softmax_rows(2, n, k, seed=n * 100 + k)
     q = softmax_rows(2, m, k, seed=m * 100 + k + 1)
     for b in range(2):
@@ -212,24 +212,37 @@ def test_failed_build_falls_back_once_with_a_warning(fresh_native, monkeypatch):
         torch.testing.assert_close(pairwise_js(p, backend="native"), expected)
 
 
-def test_native_allocates_only_the_output_and_padded_rows(monkeypatch):
-    p = softmax_rows(1, 64, 13, seed=9)
-    largest = 0
+def test_native_allocates_only_the_output_and_row_terms(monkeypatch):
+    p = softmax_rows(1, 64, 13, seed=9)  # 13 classes: the last register of each row is masked, not padded
+    sizes = []
     real_empty, real_zeros = torch.empty, torch.Tensor.new_zeros
 
     def spy_empty(*args, **kwargs):
-        nonlocal largest
         t = real_empty(*args, **kwargs)
-        largest = max(largest, t.numel())
+        sizes.append(t.numel())
         return t
 
     def spy_zeros(self, *args, **kwargs):
-        nonlocal largest
         t = real_zeros(self, *args, **kwargs)
-        largest = max(largest, t.numel())
+        sizes.append(t.numel())
         return t
 
     monkeypatch.setattr(js_mod.torch, "empty", spy_empty)
     monkeypatch.setattr(torch.Tensor, "new_zeros", spy_zeros)
     pairwise_js(p, backend="native")
-    assert largest == 64 * 64  # the output; the padded rows are 64 x 16
+    assert sorted(sizes) == [64, 64 * 64]  # the per-row terms and the output, no copy of the rows
+    sizes.clear()
+    pairwise_js(p, softmax_rows(1, 10, 13, seed=10), backend="native")
+    assert sorted(sizes) == [10, 64, 64 * 10]
+
+
+def test_row_terms_match_torch():
+    library = js_mod._native_library(requested=True)
+    for k in (1, 5, 8, 13, 103):
+        x = softmax_rows(37, k, seed=k)
+        x[3, 0] = 0.0  # an exact zero
+        u = torch.empty(37)
+        library.cdclip_js_row_terms_f32(x.data_ptr(), u.data_ptr(), 37, k)
+        xd = x.double()
+        expected = 0.5 * torch.where(xd > 0, xd * xd.log(), 0.0).sum(-1) + 0.5 * LN2 * xd.sum(-1)
+        torch.testing.assert_close(u.double(), expected, rtol=0, atol=1e-6)

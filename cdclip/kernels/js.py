@@ -157,12 +157,14 @@ def _compiled_cross_block(p_rows: Tensor, q: Tensor) -> Tensor | None:
 
 
 _native_warned = False
-# the C kernel's rows are padded to whole AVX registers of 8 float32
+# Below this many pair-class terms (~0.3 ms on one core) one thread is faster than starting a
+# second (measured on 2 cores: 196 x 21 even, 196 x 45 1.3x, 400 x 45 1.5x, 1600 x 103 1.8x faster
+# with two). A helper pays only while torch's OpenMP workers are not still spinning after a
+# parallel torch op (they spin for milliseconds and take its core); the tiles are handed out
+# dynamically, so then the calling thread just does more of them and little is lost.
+_NATIVE_THREADING_MIN_TERMS = 1 << 19
+# the kernel works in whole AVX registers of 8 float32 (the last one of a row masked)
 _NATIVE_LANES = 8
-# Below this many pair-class terms (~10 ms on one core) a second thread did not pay on the 2-core
-# machine this was tuned on (a second thread costs a few ms to get going there, measured
-# interleaved with one thread: 784 x 45 no gain, 784 x 103 1.2x, 1600 x 45 1.5x, 1600 x 103 1.75x).
-_NATIVE_THREADING_MIN_TERMS = 1 << 24
 
 
 def _native_library(requested: bool) -> ctypes.CDLL | None:
@@ -191,20 +193,11 @@ def _native_library(requested: bool) -> ctypes.CDLL | None:
         pointer, i64 = ctypes.c_void_p, ctypes.c_int64
         library.cdclip_pairwise_js_f32.argtypes = [pointer] * 5 + [i64] * 4 + [ctypes.c_int32, ctypes.POINTER(i64)]
         library.cdclip_pairwise_js_f32.restype = None
+        library.cdclip_js_row_terms_f32.argtypes = [pointer, pointer, i64, i64]
+        library.cdclip_js_row_terms_f32.restype = None
         library.cdclip_log_f32.argtypes = [pointer, pointer, i64]
         library.cdclip_log_f32.restype = None
     return library
-
-
-def _padded_rows(x: Tensor) -> Tensor:
-    """``x`` contiguous, the last dim zero-padded to a multiple of 8 (zeros add exactly 0)."""
-    k = x.shape[-1]
-    padded_k = -(-k // _NATIVE_LANES) * _NATIVE_LANES
-    if padded_k == k:
-        return x.contiguous()
-    out = x.new_zeros(*x.shape[:-1], padded_k)
-    out[..., :k] = x
-    return out
 
 
 def _run_kernel(function: Callable[..., None], args: tuple, buffers: tuple[Tensor, ...]) -> None:
@@ -212,29 +205,35 @@ def _run_kernel(function: Callable[..., None], args: tuple, buffers: tuple[Tenso
     function(*args)
 
 
-def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, u: Tensor, v: Tensor, symmetric: bool) -> Tensor:
-    """``clamp(u_i + v_j - ½ Σ s log s, 0, ln 2)`` by the C kernel, on ``torch.get_num_threads()`` threads.
+def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, symmetric: bool) -> Tensor:
+    """Pairwise JS of contiguous float32 CPU rows by the C kernel, on ``torch.get_num_threads()`` threads.
 
-    The kernel hands out tiles of rows from a shared counter; ctypes releases the GIL, so the
-    Python threads run it truly in parallel. ``u``/``v`` are the per-row terms (B, N)/(B, M).
+    No torch operation runs here but the allocations: the per-row terms are computed by the C code
+    too, so that torch's OpenMP workers are idle, not spinning, when the helper threads start. The
+    kernel hands out tiles of rows from a shared counter; ctypes releases the GIL, so the Python
+    threads run it truly in parallel.
     """
-    b, n, _ = p.shape
+    b, n, k = p.shape
     m = q.shape[1]
-    p_rows = _padded_rows(p)
-    q_rows = p_rows if symmetric else _padded_rows(q)
-    u, v = u.contiguous(), (u.contiguous() if symmetric else v.contiguous())
+    u = torch.empty(b, n, dtype=torch.float32)
+    library.cdclip_js_row_terms_f32(p.data_ptr(), u.data_ptr(), b * n, k)
+    v = u
+    if not symmetric:
+        v = torch.empty(b, m, dtype=torch.float32)
+        library.cdclip_js_row_terms_f32(q.data_ptr(), v.data_ptr(), b * m, k)
     out = torch.empty(b, n, m, dtype=torch.float32)
     next_item = ctypes.c_int64(0)
     args = (
-        p_rows.data_ptr(), q_rows.data_ptr(), u.data_ptr(), v.data_ptr(), out.data_ptr(),
-        b, n, m, p_rows.shape[-1], int(symmetric), ctypes.byref(next_item),
+        p.data_ptr(), q.data_ptr(), u.data_ptr(), v.data_ptr(), out.data_ptr(),
+        b, n, m, k, int(symmetric), ctypes.byref(next_item),
     )  # fmt: skip
     function = library.cdclip_pairwise_js_f32
-    terms = b * n * m * p_rows.shape[-1] // (2 if symmetric else 1)
+    registers = -(-k // _NATIVE_LANES) * _NATIVE_LANES
+    terms = b * n * m * registers // (2 if symmetric else 1)
     threads = 1 if terms < _NATIVE_THREADING_MIN_TERMS else max(1, torch.get_num_threads())
     # each helper holds the tensors themselves, not only their addresses: should the caller's join
     # be interrupted (Ctrl-C), a helper still finishing its tile writes into memory that is alive
-    buffers = (p_rows, q_rows, u, v, out)
+    buffers = (p, q, u, v, out)
     helpers = [
         threading.Thread(target=_run_kernel, args=(function, args, buffers), daemon=True) for _ in range(threads - 1)
     ]
@@ -300,11 +299,16 @@ def pairwise_js(
     b, n, k = p.shape
     m = q.shape[1]
 
+    needs_grad = torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)
+    if not needs_grad and backend in ("auto", "native") and p.device.type == "cpu" and dtype == torch.float32:
+        library = _native_library(requested=backend == "native")
+        if library is not None:
+            return _native_pairwise(library, p, q, symmetric)
+
     self_p = _sum_xlogx(p)  # (B, N)
     self_q = self_p if symmetric else _sum_xlogx(q)
     mass_p = p.sum(-1)
     mass_q = mass_p if symmetric else q.sum(-1)
-    needs_grad = torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)
 
     if needs_grad:
         # autograd path: out-of-place blocks, concatenated
@@ -317,12 +321,6 @@ def pairwise_js(
             out = out.masked_fill(torch.eye(n, dtype=torch.bool, device=p.device), 0.0)
         return out
 
-    if backend in ("auto", "native") and p.device.type == "cpu" and dtype == torch.float32:
-        library = _native_library(requested=backend == "native")
-        if library is not None:
-            u = 0.5 * self_p + (0.5 * LN2) * mass_p
-            v = u if symmetric else 0.5 * self_q + (0.5 * LN2) * mass_q
-            return _native_pairwise(library, p, q, u, v, symmetric)
     use_compile = backend == "compile"
 
     # no-grad path: every N x M temporary is the output itself, updated in place.

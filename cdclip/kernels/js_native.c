@@ -8,12 +8,12 @@
  *
  *     out[i, j] = clamp(u[i] + v[j] - 0.5 * sum_k s log s, 0, ln 2),   s = p_i + q_j,
  *
- * where u and v hold the per-row terms (0.5 * sum p log p + 0.5 * ln 2 * sum p), computed by the
- * caller. Doing the add, the logarithm, the product and the reduction in registers is the point:
+ * where u and v hold the per-row terms (0.5 * sum p log p + 0.5 * ln 2 * sum p), computed by
+ * cdclip_js_row_terms_f32. Doing the add, the logarithm, the product and the reduction in registers is the point:
  * the eager torch kernel streams every block through memory four times (add, log, mul, sum).
  *
- * Rows are padded with zeros to a multiple of 8 (one AVX register); padded classes give s = 0 and
- * add exactly 0 because s is clamped to the smallest normal float before the log
+ * The last, partial register of a row is loaded with a mask: the missing lanes read as 0, give
+ * s = 0 and add exactly 0 because s is clamped to the smallest normal float before the log
  * (0 * log(FLT_MIN) = 0), which is also how 0 log 0 = 0 is obtained for real zeros.
  */
 #include <immintrin.h>
@@ -63,16 +63,29 @@ static inline float horizontal_sum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
+/* Lanes [0, rem) set: loads the last, partial register of a row (the other lanes read as 0, and
+ * s = 0 adds exactly 0 after the clamp), so rows need no padding and no copy. */
+static inline __m256i tail_mask(int64_t rem) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* sum_k s log s for two columns at once (two independent dependency chains keep the FMA and
- * divide units busy while one log waits on the previous step). */
-static inline void sum_slogs_pair(const float *p, const float *q0, const float *q1, int64_t k, float *r0,
-                                  float *r1) {
+ * divide units busy while one log waits on the previous step). body = k rounded down to 8. */
+static inline void sum_slogs_pair(const float *p, const float *q0, const float *q1, int64_t k, int64_t body,
+                                  __m256i tail, float *r0, float *r1) {
     const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int64_t c = 0; c < k; c += 8) {
+    for (int64_t c = 0; c < body; c += 8) {
         __m256 pc = _mm256_loadu_ps(p + c);
         __m256 s0 = _mm256_add_ps(pc, _mm256_loadu_ps(q0 + c));
         __m256 s1 = _mm256_add_ps(pc, _mm256_loadu_ps(q1 + c));
+        acc0 = _mm256_fmadd_ps(s0, log_avx2(_mm256_max_ps(s0, tiny)), acc0);
+        acc1 = _mm256_fmadd_ps(s1, log_avx2(_mm256_max_ps(s1, tiny)), acc1);
+    }
+    if (body < k) {
+        __m256 pc = _mm256_maskload_ps(p + body, tail);
+        __m256 s0 = _mm256_add_ps(pc, _mm256_maskload_ps(q0 + body, tail));
+        __m256 s1 = _mm256_add_ps(pc, _mm256_maskload_ps(q1 + body, tail));
         acc0 = _mm256_fmadd_ps(s0, log_avx2(_mm256_max_ps(s0, tiny)), acc0);
         acc1 = _mm256_fmadd_ps(s1, log_avx2(_mm256_max_ps(s1, tiny)), acc1);
     }
@@ -80,11 +93,15 @@ static inline void sum_slogs_pair(const float *p, const float *q0, const float *
     *r1 = horizontal_sum(acc1);
 }
 
-static inline float sum_slogs(const float *p, const float *q, int64_t k) {
+static inline float sum_slogs(const float *p, const float *q, int64_t k, int64_t body, __m256i tail) {
     const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t c = 0; c < k; c += 8) {
+    for (int64_t c = 0; c < body; c += 8) {
         __m256 s = _mm256_add_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(q + c));
+        acc = _mm256_fmadd_ps(s, log_avx2(_mm256_max_ps(s, tiny)), acc);
+    }
+    if (body < k) {
+        __m256 s = _mm256_add_ps(_mm256_maskload_ps(p + body, tail), _mm256_maskload_ps(q + body, tail));
         acc = _mm256_fmadd_ps(s, log_avx2(_mm256_max_ps(s, tiny)), acc);
     }
     return horizontal_sum(acc);
@@ -105,7 +122,7 @@ static inline float finish(float u, float v, float slogs) {
  * symmetric case shrink from m to 1 columns. Items go in order, longest rows first.
  *
  *   p: (batch, n, k), q: (batch, m, k), u: (batch, n), v: (batch, m), out: (batch, n, m),
- *   all contiguous float32, k a multiple of 8. symmetric != 0 means q is p (n == m): only j > i
+ *   all contiguous float32, any k. symmetric != 0 means q is p (n == m): only j > i
  *   is computed, mirrored into out[j, i], and the diagonal is set to exactly 0. */
 void cdclip_pairwise_js_f32(const float *p, const float *q, const float *u, const float *v, float *out,
                             int64_t batch, int64_t n, int64_t m, int64_t k, int32_t symmetric,
@@ -115,6 +132,8 @@ void cdclip_pairwise_js_f32(const float *p, const float *q, const float *u, cons
     for (;;) {
         int64_t item = __atomic_fetch_add(next_item, 1, __ATOMIC_RELAXED);
         if (item >= items) return;
+        const int64_t body = k & ~(int64_t)7;
+        const __m256i tail = tail_mask(k - body);
         const int64_t b = item / tiles;
         const int64_t row0 = (item % tiles) * ROWS;
         const int64_t row1 = row0 + ROWS < n ? row0 + ROWS : n;
@@ -131,7 +150,7 @@ void cdclip_pairwise_js_f32(const float *p, const float *q, const float *u, cons
                 }
                 for (; j + 1 < col1; j += 2) {
                     float r0, r1;
-                    sum_slogs_pair(pi, qb + j * k, qb + (j + 1) * k, k, &r0, &r1);
+                    sum_slogs_pair(pi, qb + j * k, qb + (j + 1) * k, k, body, tail, &r0, &r1);
                     float a = finish(ub[i], vb[j], r0), c = finish(ub[i], vb[j + 1], r1);
                     ob[i * m + j] = a;
                     ob[i * m + j + 1] = c;
@@ -141,12 +160,37 @@ void cdclip_pairwise_js_f32(const float *p, const float *q, const float *u, cons
                     }
                 }
                 if (j < col1) {
-                    float a = finish(ub[i], vb[j], sum_slogs(pi, qb + j * k, k));
+                    float a = finish(ub[i], vb[j], sum_slogs(pi, qb + j * k, k, body, tail));
                     ob[i * m + j] = a;
                     if (symmetric) ob[j * m + i] = a;
                 }
             }
         }
+    }
+}
+
+/* The per-row terms u[r] = 0.5 * sum_k x log x + 0.5 * ln 2 * sum_k x of x: (rows, k), contiguous.
+ * O(rows * k), one thread: computing them here keeps torch's own thread pool idle right before
+ * the pairwise call (its OpenMP workers keep spinning for milliseconds after a parallel op and
+ * would take the core a helper thread needs). */
+void cdclip_js_row_terms_f32(const float *x, float *u, int64_t rows, int64_t k) {
+    const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
+    const int64_t body = k & ~(int64_t)7;
+    const __m256i tail = tail_mask(k - body);
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *xr = x + r * k;
+        __m256 xlogx = _mm256_setzero_ps(), mass = _mm256_setzero_ps();
+        for (int64_t c = 0; c < body; c += 8) {
+            __m256 v = _mm256_loadu_ps(xr + c);
+            xlogx = _mm256_fmadd_ps(v, log_avx2(_mm256_max_ps(v, tiny)), xlogx);
+            mass = _mm256_add_ps(mass, v);
+        }
+        if (body < k) {
+            __m256 v = _mm256_maskload_ps(xr + body, tail);
+            xlogx = _mm256_fmadd_ps(v, log_avx2(_mm256_max_ps(v, tiny)), xlogx);
+            mass = _mm256_add_ps(mass, v);
+        }
+        u[r] = 0.5f * horizontal_sum(xlogx) + 0.346573590f * horizontal_sum(mass); /* 0.5 ln 2 */
     }
 }
 
