@@ -158,10 +158,20 @@ def test_build_is_cached_by_source_hash(fresh_native):
 
 def test_missing_compiler_is_named(fresh_native, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.raises(_native.NativeUnavailable, match=r"no C compiler found \(tried \$CC='/nonexistent/cc'\)"):
+    with pytest.raises(_native.NativeUnavailable, match=r"no C compiler found \(tried \$CC='/nonexistent/cc': "):
         _native.load("js_native")
     with pytest.raises(_native.NativeUnavailable, match="no C compiler"):  # remembered: no second attempt
         _native.load("js_native")
+
+
+def test_cc_with_arguments_is_split_like_a_shell_would(fresh_native, monkeypatch):
+    plain = _native._compiler()[0]
+    _native.load("js_native")
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setenv("CC", f"{plain} -DCDCLIP_EXTRA_FLAG=1")  # like "ccache gcc" or "gcc -m64"
+    assert _native._compiler() == [plain, "-DCDCLIP_EXTRA_FLAG=1"]
+    assert _native.load("js_native") is not None
+    assert len(list((fresh_native / "kernels").glob("js_native-*.so"))) == 2  # another command, another build
 
 
 def test_failed_build_shows_the_compiler_error(fresh_native, tmp_path: Path):

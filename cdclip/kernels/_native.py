@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -72,23 +73,30 @@ def why_unavailable() -> str | None:
     return None
 
 
-def _compiler() -> str:
-    env = os.environ.get("CC")
-    candidates = [env] if env else ["cc", "gcc", "clang"]
-    for name in candidates:
+def _compiler() -> list[str]:
+    """The compiler command: ``$CC`` split like a shell would (``ccache gcc``, ``gcc -m64``), else the first of cc/gcc/clang."""
+    env = os.environ.get("CC", "").strip()
+    if env:
+        words = shlex.split(env)
+        path = shutil.which(words[0])
+        if path:
+            return [path, *words[1:]]
+        raise NativeUnavailable(
+            f"no C compiler found (tried $CC={env!r}: {words[0]!r} is not on PATH); install one or fix CC"
+        )
+    for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:
-            return path
-    tried = f"$CC={env!r}" if env else "cc, gcc, clang"
-    raise NativeUnavailable(f"no C compiler found (tried {tried}); install one (e.g. `apt install gcc`) or set CC")
+            return [path]
+    raise NativeUnavailable("no C compiler found (tried cc, gcc, clang); install one (e.g. `apt install gcc`) or set CC")
 
 
-def _build(source: Path, target: Path, compiler: str) -> None:
+def _build(source: Path, target: Path, compiler: list[str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, "-o", tmp, str(source)]
+        cmd = [*compiler, *FLAGS, "-o", tmp, str(source)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as err:
@@ -127,7 +135,7 @@ def load(name: str, source: Path | None = None) -> ctypes.CDLL:
             raise NativeUnavailable(f"kernel source {source} is missing from the installation")
         compiler = _compiler()
         key = hashlib.sha256(
-            b"\0".join([source.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), sys.platform.encode()])
+            b"\0".join([source.read_bytes(), " ".join(compiler + list(FLAGS)).encode(), sys.platform.encode()])
         ).hexdigest()[:16]
         target = cache_dir() / "kernels" / f"{name}-{key}.so"
         if not target.is_file():
