@@ -98,7 +98,7 @@ def test_threads_give_bitwise_the_same_result(monkeypatch):
         started.append(1)
         return real_thread(*args, **kwargs)
 
-    monkeypatch.setattr(js_mod, "_NATIVE_THREADING_MIN_TERMS", 0)  # split however small
+    monkeypatch.setattr(js_mod, "_NATIVE_TERMS_PER_THREAD", 1)  # split however small
     monkeypatch.setattr(js_mod.threading, "Thread", counting_thread)
     before = torch.get_num_threads()
     try:
@@ -111,6 +111,27 @@ def test_threads_give_bitwise_the_same_result(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, three)  # every entry is computed by one thread, in one order
+
+
+def test_threads_follow_the_work(monkeypatch):
+    started = []
+    real_thread = js_mod.threading.Thread
+
+    def counting_thread(*args, **kwargs):
+        started.append(1)
+        return real_thread(*args, **kwargs)
+
+    monkeypatch.setattr(js_mod.threading, "Thread", counting_thread)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        pairwise_js(softmax_rows(1, 50, 21, seed=11), backend="native")  # 50*50*24/2 = 30k terms: one thread
+        assert not started
+        n = 1024  # 1024*1024*24/2 = 12.6M terms: 48 shares of 2**18, so all 8 threads
+        pairwise_js(softmax_rows(1, n, 21, seed=12), backend="native")
+        assert len(started) == 7
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_autograd_and_float64_use_the_torch_blocks(monkeypatch):

@@ -157,12 +157,13 @@ def _compiled_cross_block(p_rows: Tensor, q: Tensor) -> Tensor | None:
 
 
 _native_warned = False
-# Below this many pair-class terms (~0.3 ms on one core) one thread is faster than starting a
-# second (measured on 2 cores: 196 x 21 even, 196 x 45 1.3x, 400 x 45 1.5x, 1600 x 103 1.8x faster
-# with two). A helper pays only while torch's OpenMP workers are not still spinning after a
-# parallel torch op (they spin for milliseconds and take its core); the tiles are handed out
-# dynamically, so then the calling thread just does more of them and little is lost.
-_NATIVE_THREADING_MIN_TERMS = 1 << 19
+# Every thread gets at least this many pair-class terms (~0.15 ms on one core), so small problems
+# run on one thread and a many-core machine does not start 32 threads for a few milliseconds of
+# work. Measured on 2 cores, two threads against one: 196 x 21 (2**19 terms) even, 196 x 45 1.3x,
+# 400 x 45 1.5x, 1600 x 103 1.8x faster. A helper pays only while torch's OpenMP workers are not
+# still spinning after a parallel torch op (they spin for milliseconds and take its core); the
+# tiles are handed out dynamically, so then the calling thread just does more of them.
+_NATIVE_TERMS_PER_THREAD = 1 << 18
 # the kernel works in whole AVX registers of 8 float32 (the last one of a row masked)
 _NATIVE_LANES = 8
 
@@ -206,7 +207,7 @@ def _run_kernel(function: Callable[..., None], args: tuple, buffers: tuple[Tenso
 
 
 def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, symmetric: bool) -> Tensor:
-    """Pairwise JS of contiguous float32 CPU rows by the C kernel, on ``torch.get_num_threads()`` threads.
+    """Pairwise JS of contiguous float32 CPU rows by the C kernel, on up to ``torch.get_num_threads()`` threads.
 
     No torch operation runs here but the allocations: the per-row terms are computed by the C code
     too, so that torch's OpenMP workers are idle, not spinning, when the helper threads start. The
@@ -230,7 +231,7 @@ def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, symmetric: bool
     function = library.cdclip_pairwise_js_f32
     registers = -(-k // _NATIVE_LANES) * _NATIVE_LANES
     terms = b * n * m * registers // (2 if symmetric else 1)
-    threads = 1 if terms < _NATIVE_THREADING_MIN_TERMS else max(1, torch.get_num_threads())
+    threads = max(1, min(torch.get_num_threads(), terms // _NATIVE_TERMS_PER_THREAD))
     # each helper holds the tensors themselves, not only their addresses: should the caller's join
     # be interrupted (Ctrl-C), a helper still finishing its tile writes into memory that is alive
     buffers = (p, q, u, v, out)
