@@ -44,6 +44,20 @@ def fresh_native(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def started(monkeypatch) -> list[int]:
+    """One entry per helper thread the kernel starts."""
+    calls: list[int] = []
+    real_thread = js_mod.threading.Thread
+
+    def counting_thread(*args, **kwargs):
+        calls.append(1)
+        return real_thread(*args, **kwargs)
+
+    monkeypatch.setattr(js_mod.threading, "Thread", counting_thread)
+    return calls
+
+
 def test_native_is_the_default_on_this_cpu():
     assert js_mod._native_library(requested=True) is not None
 
@@ -89,17 +103,9 @@ def test_native_propagates_nan_like_the_torch_blocks():
     assert torch.isfinite(out[0, 0, 2])
 
 
-def test_threads_give_bitwise_the_same_result(monkeypatch):
+def test_threads_give_bitwise_the_same_result(monkeypatch, started):
     p = softmax_rows(2, 300, 103, seed=4)
-    started = []
-    real_thread = js_mod.threading.Thread
-
-    def counting_thread(*args, **kwargs):
-        started.append(1)
-        return real_thread(*args, **kwargs)
-
     monkeypatch.setattr(js_mod, "_NATIVE_TERMS_PER_THREAD", 1)  # split however small
-    monkeypatch.setattr(js_mod.threading, "Thread", counting_thread)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -113,15 +119,7 @@ def test_threads_give_bitwise_the_same_result(monkeypatch):
     assert torch.equal(one, three)  # every entry is computed by one thread, in one order
 
 
-def test_threads_follow_the_work(monkeypatch):
-    started = []
-    real_thread = js_mod.threading.Thread
-
-    def counting_thread(*args, **kwargs):
-        started.append(1)
-        return real_thread(*args, **kwargs)
-
-    monkeypatch.setattr(js_mod.threading, "Thread", counting_thread)
+def test_threads_follow_the_work(started):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(8)
