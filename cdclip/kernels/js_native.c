@@ -56,6 +56,16 @@ static inline __m256 log_avx2(__m256 x) {
     return _mm256_fmadd_ps(ef, ln2_hi, _mm256_fmadd_ps(ef, ln2_lo, log_f));
 }
 
+/* log(max(x, FLT_MIN)): finite at x = 0, so that 0 * log stays exactly 0 (0 log 0 = 0) */
+static inline __m256 log_clamped(__m256 x) {
+    return log_avx2(_mm256_max_ps(x, _mm256_set1_ps(1.17549435e-38f)));
+}
+
+/* acc + x log x, lane by lane */
+static inline __m256 add_xlogx(__m256 acc, __m256 x) {
+    return _mm256_fmadd_ps(x, log_clamped(x), acc);
+}
+
 static inline float horizontal_sum(__m256 v) {
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
@@ -73,36 +83,34 @@ static inline __m256i tail_mask(int64_t rem) {
  * divide units busy while one log waits on the previous step). body = k rounded down to 8. */
 static inline void sum_slogs_pair(const float *p, const float *q0, const float *q1, int64_t k, int64_t body,
                                   __m256i tail, float *r0, float *r1) {
-    const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (int64_t c = 0; c < body; c += 8) {
         __m256 pc = _mm256_loadu_ps(p + c);
         __m256 s0 = _mm256_add_ps(pc, _mm256_loadu_ps(q0 + c));
         __m256 s1 = _mm256_add_ps(pc, _mm256_loadu_ps(q1 + c));
-        acc0 = _mm256_fmadd_ps(s0, log_avx2(_mm256_max_ps(s0, tiny)), acc0);
-        acc1 = _mm256_fmadd_ps(s1, log_avx2(_mm256_max_ps(s1, tiny)), acc1);
+        acc0 = add_xlogx(acc0, s0);
+        acc1 = add_xlogx(acc1, s1);
     }
     if (body < k) {
         __m256 pc = _mm256_maskload_ps(p + body, tail);
         __m256 s0 = _mm256_add_ps(pc, _mm256_maskload_ps(q0 + body, tail));
         __m256 s1 = _mm256_add_ps(pc, _mm256_maskload_ps(q1 + body, tail));
-        acc0 = _mm256_fmadd_ps(s0, log_avx2(_mm256_max_ps(s0, tiny)), acc0);
-        acc1 = _mm256_fmadd_ps(s1, log_avx2(_mm256_max_ps(s1, tiny)), acc1);
+        acc0 = add_xlogx(acc0, s0);
+        acc1 = add_xlogx(acc1, s1);
     }
     *r0 = horizontal_sum(acc0);
     *r1 = horizontal_sum(acc1);
 }
 
 static inline float sum_slogs(const float *p, const float *q, int64_t k, int64_t body, __m256i tail) {
-    const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t c = 0; c < body; c += 8) {
         __m256 s = _mm256_add_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(q + c));
-        acc = _mm256_fmadd_ps(s, log_avx2(_mm256_max_ps(s, tiny)), acc);
+        acc = add_xlogx(acc, s);
     }
     if (body < k) {
         __m256 s = _mm256_add_ps(_mm256_maskload_ps(p + body, tail), _mm256_maskload_ps(q + body, tail));
-        acc = _mm256_fmadd_ps(s, log_avx2(_mm256_max_ps(s, tiny)), acc);
+        acc = add_xlogx(acc, s);
     }
     return horizontal_sum(acc);
 }
@@ -174,7 +182,6 @@ void cdclip_pairwise_js_f32(const float *p, const float *q, const float *u, cons
  * the pairwise call (its OpenMP workers keep spinning for milliseconds after a parallel op and
  * would take the core a helper thread needs). */
 void cdclip_js_row_terms_f32(const float *x, float *u, int64_t rows, int64_t k) {
-    const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     const int64_t body = k & ~(int64_t)7;
     const __m256i tail = tail_mask(k - body);
     for (int64_t r = 0; r < rows; ++r) {
@@ -182,12 +189,12 @@ void cdclip_js_row_terms_f32(const float *x, float *u, int64_t rows, int64_t k) 
         __m256 xlogx = _mm256_setzero_ps(), mass = _mm256_setzero_ps();
         for (int64_t c = 0; c < body; c += 8) {
             __m256 v = _mm256_loadu_ps(xr + c);
-            xlogx = _mm256_fmadd_ps(v, log_avx2(_mm256_max_ps(v, tiny)), xlogx);
+            xlogx = add_xlogx(xlogx, v);
             mass = _mm256_add_ps(mass, v);
         }
         if (body < k) {
             __m256 v = _mm256_maskload_ps(xr + body, tail);
-            xlogx = _mm256_fmadd_ps(v, log_avx2(_mm256_max_ps(v, tiny)), xlogx);
+            xlogx = add_xlogx(xlogx, v);
             mass = _mm256_add_ps(mass, v);
         }
         u[r] = 0.5f * horizontal_sum(xlogx) + 0.346573590f * horizontal_sum(mass); /* 0.5 ln 2 */
@@ -197,8 +204,7 @@ void cdclip_js_row_terms_f32(const float *x, float *u, int64_t rows, int64_t k) 
 /* out[i] = log(max(x[i], FLT_MIN)) with the kernel's own logarithm, len a multiple of 8. Exported so
  * that the tests can check the logarithm against a float64 one and the benchmark can time it. */
 void cdclip_log_f32(const float *x, float *out, int64_t len) {
-    const __m256 tiny = _mm256_set1_ps(1.17549435e-38f);
     for (int64_t i = 0; i < len; i += 8) {
-        _mm256_storeu_ps(out + i, log_avx2(_mm256_max_ps(_mm256_loadu_ps(x + i), tiny)));
+        _mm256_storeu_ps(out + i, log_clamped(_mm256_loadu_ps(x + i)));
     }
 }
