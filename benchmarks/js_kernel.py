@@ -113,7 +113,7 @@ def child(method: str, n: int, k: int, repeats: int, threads: int) -> dict:
         if library is None:
             result["skipped"] = "no native kernel"
             return result
-        threads = max(1, min(threads, n * n * (-(-k // 8) * 8) // 2 // js_mod._NATIVE_TERMS_PER_THREAD))
+        threads = js_mod._native_threads(1, n, n, k, True, threads)
         result["threads"] = threads
         block = 1 << 15
         src, dst = [torch.rand(block) + 0.5 for _ in range(threads)], [torch.empty(block) for _ in range(threads)]

@@ -206,6 +206,13 @@ def _native_library(requested: bool) -> ctypes.CDLL | None:
     return library
 
 
+def _native_threads(b: int, n: int, m: int, k: int, symmetric: bool, available: int) -> int:
+    """Threads for one call: at most ``available``, each with ``_NATIVE_TERMS_PER_THREAD`` terms or more."""
+    registers = -(-k // _NATIVE_LANES) * _NATIVE_LANES
+    terms = b * n * m * registers // (2 if symmetric else 1)
+    return max(1, min(available, terms // _NATIVE_TERMS_PER_THREAD))
+
+
 def _run_kernel(function: Callable[..., None], args: tuple, buffers: tuple[Tensor, ...]) -> None:
     """Call the C kernel; ``buffers`` only keeps the tensors behind ``args``' pointers alive."""
     function(*args)
@@ -234,9 +241,7 @@ def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, symmetric: bool
         b, n, m, k, int(symmetric), ctypes.byref(next_item),
     )  # fmt: skip
     function = library.cdclip_pairwise_js_f32
-    registers = -(-k // _NATIVE_LANES) * _NATIVE_LANES
-    terms = b * n * m * registers // (2 if symmetric else 1)
-    threads = max(1, min(torch.get_num_threads(), terms // _NATIVE_TERMS_PER_THREAD))
+    threads = _native_threads(b, n, m, k, symmetric, torch.get_num_threads())
     # each helper holds the tensors themselves, not only their addresses: should the caller's join
     # be interrupted (Ctrl-C), a helper still finishing its tile writes into memory that is alive
     buffers = (p, q, u, v, out)
