@@ -60,3 +60,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     and bfloat16 inputs are computed in float32.
     """
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    """Raise a ValueError naming ``name``, the allowed ``choices`` and the value received."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")

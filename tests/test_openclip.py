@@ -30,9 +30,32 @@ def tiny() -> OpenCLIPBackbone:
 
 def test_cls_path_reproduces_open_clip_encode_image_at_224(tiny):
     images = torch.randn(2, 3, 224, 224)
-    out = tiny(images, attn_blocks=0)
+    exact = OpenCLIPBackbone(tiny.model, pos_fp16=False)  # no float16 rounding of the position embedding
+    out = exact(images, attn_blocks=0)
     expected = tiny.model.encode_image(images)
     torch.testing.assert_close(out.cls_embedding, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fp16_out_proj_matches_a_float16_out_projection_in_both_towers(tiny):
+    images = torch.randn(1, 3, 48, 80)
+    half = OpenCLIPBackbone(tiny.model, fp16_out_proj=True)
+    plain, rounded = tiny(images, attn_blocks=2), half(images, attn_blocks=2)
+    torch.testing.assert_close(rounded.attn, plain.attn, atol=1e-4, rtol=0)  # same attention weights
+    diff = (rounded.dense - plain.dense).abs().max()
+    assert 0 < diff < 5e-2  # only the out-projection's float16 rounding differs
+    # by hand: block 0 with the out-projection computed in float16
+    block = tiny.visual.transformer.resblocks[0]
+    x = torch.randn(1, 7, tiny.width)
+    out, _, _ = block_forward(block, x, fp16_out_proj=True)
+    h = block.ln_1(x)
+    attn_out = block.attn(h, h, h, need_weights=False)[0]
+    ctx = F.linear(attn_out - block.attn.out_proj.bias, torch.linalg.pinv(block.attn.out_proj.weight))
+    w, b = block.attn.out_proj.weight, block.attn.out_proj.bias
+    ref = x + F.linear(ctx.half(), w.half(), b.half()).float()
+    ref = ref + block.ls_2(block.mlp(block.ln_2(ref)))
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
+    text_plain, text_half = tiny.encode_text(["a cat", "a dog"]), half.encode_text(["a cat", "a dog"])
+    assert 0 < (text_plain - text_half).abs().max() < 1e-2
 
 
 def test_dense_global_and_attention_shapes_for_any_multiple_of_the_patch(tiny):
@@ -67,15 +90,23 @@ def test_block_forward_matches_the_block_and_recomputed_attention(tiny):
     torch.testing.assert_close(weights, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_pos_embed_is_bicubic_and_cached_per_grid(tiny):
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_pos_embed_interpolation_modes_fp16_rounding_and_cache(tiny, mode):
     pe = tiny.visual.positional_embedding
     assert interpolate_pos_embed(pe, (14, 14), (14, 14)) is pe
-    new = tiny.pos_embed((3, 5))
     grid = pe[1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
-    ref = F.interpolate(grid, size=(3, 5), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(15, -1)
-    torch.testing.assert_close(new[1:], ref)
-    torch.testing.assert_close(new[0], pe[0])
-    assert tiny.pos_embed((3, 5)) is new  # cached
+    ref = F.interpolate(grid, size=(3, 5), mode=mode, align_corners=False).permute(0, 2, 3, 1).reshape(15, -1)
+    exact = OpenCLIPBackbone(tiny.model, pos_interp=mode, pos_fp16=False).pos_embed((3, 5))
+    torch.testing.assert_close(exact[1:], ref)
+    torch.testing.assert_close(exact[0], pe[0])
+    # CLIP-ES / WeCLIP round the interpolated embedding to float16 (also at the training grid)
+    backbone = OpenCLIPBackbone(tiny.model, pos_interp=mode, pos_fp16=True)
+    new = backbone.pos_embed((3, 5))
+    assert torch.equal(new[1:], ref.half().float()) and torch.equal(new[0], pe[0].half().float())
+    assert torch.equal(backbone.pos_embed((14, 14)), pe.detach().half().float())
+    assert backbone.pos_embed((3, 5)) is new  # cached
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        interpolate_pos_embed(pe, (14, 14), (3, 5), mode="nearest")
 
 
 def test_grad_last_block_makes_a_differentiable_leaf(tiny):
@@ -126,7 +157,7 @@ def test_import_cdclip_does_not_import_open_clip():
 @pytest.mark.slow
 def test_registry_builds_random_vit_b16_matching_encode_image():
     with pytest.warns(UserWarning, match="RANDOM"):
-        backbone = cdclip.create("openclip:ViT-B-16@openai", weights=None)
+        backbone = cdclip.create("openclip:ViT-B-16@openai", weights=None, pos_fp16=False)
     assert isinstance(backbone, OpenCLIPBackbone) and backbone.patch_size == 16 and backbone.depth == 12
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

@@ -58,7 +58,7 @@ def test_cams_to_labels_maps_channels_to_class_ids():
     cams[0, 3, :, :] = 1.0  # boat is not in the image: must never win
     labels = torch.zeros(1, 20)
     labels[0, [14, 6]] = 1
-    out = cams_to_labels(cams, labels, size=(4, 4))
+    out = cams_to_labels(cams, labels, size=(4, 4), background_at="patch")
     assert out.shape == (1, 4, 4) and out.dtype == torch.int64
     assert out[0, 0, 0] == 15 and out[0, 3, 3] == 7 and out[0, 0, 3] == 0
     assert set(out.unique().tolist()) <= {0, 7, 15}
@@ -103,7 +103,7 @@ def test_par_at_reduced_scale_matches_explicit_resampling():
     labels = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     image = torch.rand(1, 3, 48, 64, generator=gen) * 255
     par = PAR(num_iter=3)
-    out = cams_to_labels(cams, labels, (48, 64), image=image, par=par, par_scale=0.5)
+    out = cams_to_labels(cams, labels, (48, 64), image=image, par=par, par_scale=0.5, background_at="patch")
     assert out.shape == (1, 48, 64)
 
     fg = cams[:, [0, 2]]

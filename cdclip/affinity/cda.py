@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_finite, check_floating, check_rank, compute_dtype
-from cdclip.affinity.boxes import box_mask
+from cdclip._checks import check_choice, check_finite, check_floating, check_rank, compute_dtype
+from cdclip.affinity.boxes import BOX_RULES, BoxRule, box_mask
 from cdclip.affinity.transition import transition_matrix
 from cdclip.kernels.js import pairwise_js
 from cdclip.registry import register
@@ -230,6 +230,7 @@ def cda_refine(
     beta: float = 8.0,
     sinkhorn_iters: int = 3,
     power: int = 2,
+    box_rule: BoxRule = "inclusive",
 ) -> Tensor:
     """Refine CAMs by propagating them along the fused CDA / attention transition matrix.
 
@@ -249,6 +250,7 @@ def cda_refine(
         box_threshold: box-mask threshold θ (0.4 VOC, 0.7 COCO).
         affinity, sigma, beta: see :func:`cda_affinity`.
         sinkhorn_iters, power: see :func:`~cdclip.affinity.transition.transition_matrix`.
+        box_rule: ``"inclusive"`` or ``"clip-es"`` (see :func:`~cdclip.affinity.boxes.box_mask`).
 
     Returns:
         Refined CAMs in float32 (float64 for float64 input), each map min–max normalised.
@@ -305,7 +307,7 @@ def cda_refine(
         trans = gamma * transition_matrix(a_attn, **tm) + (1.0 - gamma) * transition_matrix(a_cd, **tm)  # type: ignore[arg-type]
     trans = trans.to(dtype)
 
-    masked = cams.to(dtype) * box_mask(cams, box_threshold)
+    masked = cams.to(dtype) * box_mask(cams, box_threshold, box_rule)
     refined = torch.bmm(trans, masked.flatten(2).transpose(1, 2))  # (B, N, C)
     return minmax_normalize(refined.transpose(1, 2).reshape(b, c, h, w))
 
@@ -324,6 +326,7 @@ class CDAModule(nn.Module):
         beta: exponent of ``(1 − JS/ln 2)^β`` (8).
         sinkhorn_iters: column/row normalisation rounds (3).
         power: power of the transition matrix (2).
+        box_rule: ``"inclusive"`` (default) or ``"clip-es"`` box ends.
 
     Example (CAMs from any method, no text classifier)::
 
@@ -348,9 +351,12 @@ class CDAModule(nn.Module):
         beta: float = 8.0,
         sinkhorn_iters: int = 3,
         power: int = 2,
+        box_rule: BoxRule = "inclusive",
     ) -> None:
         super().__init__()
         _check_fusion(fusion, gamma)
+        check_choice(box_rule, "box_rule", BOX_RULES)
+        self.box_rule = box_rule
         if affinity not in AFFINITY_KINDS:
             raise ValueError(f"affinity: expected one of {AFFINITY_KINDS}, got {affinity!r}")
         self.fusion, self.gamma, self.box_threshold = fusion, gamma, box_threshold
@@ -359,7 +365,9 @@ class CDAModule(nn.Module):
 
     def hparams(self) -> dict[str, object]:
         """The constructor arguments, e.g. ``CDAModule(**{**m.hparams(), "fusion": "attn"})``."""
-        names = ("fusion", "gamma", "box_threshold", "affinity", "sigma", "beta", "sinkhorn_iters", "power")
+        names = (
+            "fusion", "gamma", "box_threshold", "affinity", "sigma", "beta", "sinkhorn_iters", "power", "box_rule"
+        )
         return {name: getattr(self, name) for name in names}
 
     def forward(self, cams: Tensor, probs: Tensor | None = None, attn: Tensor | None = None) -> Tensor:

@@ -7,7 +7,10 @@ need (:class:`CLIPOutput`): per-block patch tokens (decoder), dense last-block f
 of the requested blocks (MHSA affinity) and the global embedding (GradCAM scores).
 
 Any input size that is a multiple of the patch size works: the position embeddings are
-interpolated bicubically and cached per grid size.
+interpolated to the patch grid (bilinearly and rounded to float16 as CLIP-ES and WeCLIP do, or
+bicubically: ``pos_interp`` / ``pos_fp16``) and cached per grid size. ``fp16_out_proj=True``
+computes every attention out-projection in float16, in both towers, as WeCLIP's attention module
+does even in a float32 model.
 
 Weights (``weights=`` argument, or the ``@tag`` in the name):
 
@@ -23,18 +26,19 @@ local file; it never retries.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdclip._checks import check_floating, check_rank
+from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
 from cdclip.registry import register
 
@@ -94,8 +98,25 @@ def parse_openclip_name(name: str) -> tuple[str, str | None]:
     return model, (tag or None)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a ViT position embedding (class token first) to a new patch grid, bicubically.
+PosInterp = Literal["bilinear", "bicubic"]
+POS_INTERPS: tuple[str, ...] = get_args(PosInterp)
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    mode: PosInterp = "bicubic",
+    fp16: bool = False,
+) -> torch.Tensor:
+    """Resize a ViT position embedding (class token first) to a new patch grid.
+
+    Args:
+        pos_embed: the embedding of the pre-training grid.
+        old_grid, new_grid: ``(h, w)`` patch grids.
+        mode: ``"bilinear"`` (CLIP-ES, WeCLIP) or ``"bicubic"``.
+        fp16: round the whole result to float16 (CLIP-ES and WeCLIP store it with ``.half()``);
+            the returned tensor keeps the input dtype.
 
     Shape:
         - pos_embed: (1 + h0 * w0, W)
@@ -105,23 +126,55 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], ne
     h0, w0 = old_grid
     if pos_embed.shape[0] != 1 + h0 * w0:
         raise ValueError(f"pos_embed: expected {1 + h0 * w0} rows for grid {old_grid}, got {pos_embed.shape[0]}")
+    check_choice(mode, "mode", POS_INTERPS)
     if tuple(new_grid) == (h0, w0):
-        return pos_embed
-    cls, grid = pos_embed[:1], pos_embed[1:]
-    grid = grid.float().reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
-    return torch.cat([cls, grid], dim=0)
+        out = pos_embed
+    else:
+        cls, grid = pos_embed[:1], pos_embed[1:]
+        grid = grid.float().reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
+        out = torch.cat([cls, grid], dim=0)
+    return out.half().to(pos_embed.dtype) if fp16 else out
+
+
+def _attention_fp16_out(
+    attn: nn.MultiheadAttention, h: torch.Tensor, need_weights: bool, attn_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head self-attention whose out-projection runs in float16 (WeCLIP's attention).
+
+    Shape:
+        - h: (B, T, W) batch-first
+        - output: (B, T, W) in ``h``'s dtype, head-averaged weights (B, T, T) or None
+    """
+    b, t, width = h.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (z.reshape(b, t, heads, width // heads).transpose(1, 2) for z in (q, k, v))
+    scores = (q / math.sqrt(width // heads)) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores + attn_mask.to(scores.dtype)
+    probs = scores.softmax(dim=-1)
+    context = (probs @ v).transpose(1, 2).reshape(b, t, width)
+    out_proj = attn.out_proj
+    bias = out_proj.bias.half() if out_proj.bias is not None else None
+    out = F.linear(context.half(), out_proj.weight.half(), bias).to(h.dtype)
+    return out, (probs.mean(dim=1) if need_weights else None)
 
 
 def block_forward(
-    block: nn.Module, x: torch.Tensor, need_weights: bool = False
+    block: nn.Module,
+    x: torch.Tensor,
+    need_weights: bool = False,
+    fp16_out_proj: bool = False,
+    attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run one open_clip ``ResidualAttentionBlock`` and optionally return its attention weights.
 
     This is the only place that reaches inside an open_clip block. It repeats the block's own
     forward (``x + ls_1(attn(ln_1(x)))`` then ``x + ls_2(mlp(ln_2(x)))``) with the public
     ``nn.MultiheadAttention`` asked for head-averaged weights, which open_clip switches off.
+    ``fp16_out_proj`` computes the attention by hand with the out-projection in float16.
 
     Shape:
         - x: (B, T, W)     batch-first tokens, class token first
@@ -134,10 +187,15 @@ def block_forward(
             f"(default block type), got {type(block).__name__}"
         )
     h = block.ln_1(x)
-    q = h if attn.batch_first else h.transpose(0, 1)
-    out, weights = attn(q, q, q, need_weights=need_weights, average_attn_weights=True)
-    if not attn.batch_first:
-        out = out.transpose(0, 1)
+    if fp16_out_proj:
+        out, weights = _attention_fp16_out(attn, h, need_weights, attn_mask)
+    else:
+        q = h if attn.batch_first else h.transpose(0, 1)
+        out, weights = attn(
+            q, q, q, need_weights=need_weights, average_attn_weights=True, attn_mask=attn_mask
+        )
+        if not attn.batch_first:
+            out = out.transpose(0, 1)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, h, weights
@@ -165,6 +223,10 @@ class OpenCLIPBackbone(nn.Module):
             class-token pooling, no attentional pooler).
         name: the open_clip model name (for the tokenizer and messages), e.g. ``"ViT-B-16"``.
         mean, std: the image normalisation the weights expect (OpenAI's by default).
+        pos_interp: position-embedding interpolation, ``"bilinear"`` (CLIP-ES, WeCLIP) or
+            ``"bicubic"``.
+        pos_fp16: round the interpolated position embedding to float16 (CLIP-ES, WeCLIP).
+        fp16_out_proj: attention out-projections in float16 in both towers (WeCLIP).
 
     The model is put in eval mode with ``requires_grad=False``; GradCAM still works because
     :meth:`forward` can make the last block's input a leaf that requires grad.
@@ -182,8 +244,13 @@ class OpenCLIPBackbone(nn.Module):
         name: str | None = None,
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
+        pos_interp: PosInterp = "bilinear",
+        pos_fp16: bool = True,
+        fp16_out_proj: bool = False,
     ) -> None:
         super().__init__()
+        check_choice(pos_interp, "pos_interp", POS_INTERPS)
+        self.pos_interp, self.pos_fp16, self.fp16_out_proj = pos_interp, bool(pos_fp16), bool(fp16_out_proj)
         visual = getattr(model, "visual", None)
         if visual is None or not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
             raise TypeError(f"model: expected an open_clip CLIP with a ViT image tower, got {type(model).__name__}")
@@ -251,11 +318,13 @@ class OpenCLIPBackbone(nn.Module):
             - output: (1 + h * w, W)
         """
         pe = self.visual.positional_embedding
-        key = (tuple(grid), pe.device, pe.dtype, pe.data_ptr(), pe._version)
+        key = (tuple(grid), pe.device, pe.dtype, pe.data_ptr(), pe._version, self.pos_interp, self.pos_fp16)
         cached = self._pos_cache.get(key)
         if cached is None:
             with torch.no_grad():
-                cached = interpolate_pos_embed(pe.detach(), tuple(self.visual.grid_size), tuple(grid))
+                cached = interpolate_pos_embed(
+                    pe.detach(), tuple(self.visual.grid_size), tuple(grid), self.pos_interp, self.pos_fp16
+                )
             if len(self._pos_cache) > 32:  # many sizes (multi-scale on varied images): stay bounded
                 self._pos_cache.clear()
             self._pos_cache[key] = cached
@@ -304,7 +373,7 @@ class OpenCLIPBackbone(nn.Module):
             x = torch.cat([cls, x], dim=1) + self.pos_embed(grid).to(x.dtype)
             x = visual.ln_pre(x)
             for i in range(last):
-                x, _, weights = block_forward(resblocks[i], x, need_weights=i in blocks)
+                x, _, weights = block_forward(resblocks[i], x, i in blocks, self.fp16_out_proj)
                 if weights is not None:
                     attn_list.append(weights[:, 1:, 1:].float())
                 if return_block_tokens:
@@ -315,7 +384,7 @@ class OpenCLIPBackbone(nn.Module):
             x = x.detach().float().to(dtype).requires_grad_(True)
             last_input = x
         with torch.set_grad_enabled(grad_last_block or torch.is_grad_enabled()):
-            x, h1, weights = block_forward(resblocks[last], x, need_weights=last in blocks)
+            x, h1, weights = block_forward(resblocks[last], x, last in blocks, self.fp16_out_proj)
             if grad_last_block:
                 last_ln1 = h1
             if weights is not None:
@@ -371,8 +440,27 @@ class OpenCLIPBackbone(nn.Module):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts: expected a sequence of str")
         tokens = self.tokenize(texts).to(self.device)
-        emb = self.model.encode_text(tokens).float()
-        return F.normalize(emb, dim=-1)
+        emb = self._encode_text_fp16_out(tokens) if self.fp16_out_proj else self.model.encode_text(tokens)
+        return F.normalize(emb.float(), dim=-1)
+
+    def _encode_text_fp16_out(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``encode_text`` with float16 attention out-projections (WeCLIP).
+
+        Shape:
+            - tokens: (K, context_length)
+            - output: (K, D)
+        """
+        model = self.model
+        if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(model, "token_embedding"):
+            raise TypeError("fp16_out_proj: only CLIP text towers with argmax (EOT) pooling are supported")
+        dtype = model.token_embedding.weight.dtype
+        x = model.token_embedding(tokens).to(dtype) + model.positional_embedding.to(dtype)
+        mask = model.attn_mask
+        for block in model.transformer.resblocks:
+            x, _, _ = block_forward(block, x, fp16_out_proj=True, attn_mask=mask)
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x @ model.text_projection
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, patch_size={self.patch_size}, depth={self.depth}, embed_dim={self.embed_dim}"
@@ -411,6 +499,9 @@ def create_openclip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
+    pos_interp: PosInterp = "bilinear",
+    pos_fp16: bool = True,
+    fp16_out_proj: bool = False,
 ) -> OpenCLIPBackbone:
     """Build an :class:`OpenCLIPBackbone` (registered as prefix ``openclip``).
 
@@ -421,6 +512,7 @@ def create_openclip(
         device: where the model lives.
         precision: open_clip precision string (``"fp32"``, ``"fp16"``, ``"bf16"``); outputs are float32.
         cache_dir: open_clip's download cache (default: its own).
+        pos_interp, pos_fp16, fp16_out_proj: see :class:`OpenCLIPBackbone`.
 
     Raises:
         RuntimeError: weights not cached and the hub unreachable (fails at once, no retries).
@@ -477,7 +569,10 @@ def create_openclip(
             )
         else:
             model = open_clip.create_model(model_name, pretrained=str(weights), cache_dir=cache_dir, **kwargs)
-    return OpenCLIPBackbone(model, name=model_name, mean=mean, std=std)
+    return OpenCLIPBackbone(
+        model, name=model_name, mean=mean, std=std, pos_interp=pos_interp, pos_fp16=pos_fp16,
+        fp16_out_proj=fp16_out_proj,
+    )
 
 
 def _load_local(open_clip: Any, model_name: str, path: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -6,32 +6,45 @@ For each present class ``c`` of an image (DESIGN §3.1):
    last-block patch tokens after ``ln_post``/``proj``) and ``t_k`` the text classifier rows;
    softmax over {present classes} ∪ {background words} (absent classes are masked out, which is
    the same softmax CLIP-ES takes over its per-image list);
-2. gradient of the softmax score of ``c`` w.r.t. the tokens entering the last block
-   (``target="input"``, default) or the output of its ``ln_1`` (``target="ln_1"``, what CLIP-ES's
-   hook on ``resblocks[-1].ln_1`` records);
+2. gradient of the softmax score of ``c`` w.r.t. the output of the last block's ``ln_1``
+   (``target="ln1_out"``, default: what CLIP-ES's and WeCLIP's hook on ``resblocks[-1].ln_1``
+   records, activations and gradients alike) or the tokens entering that block
+   (``target="block_in"``);
 3. channel weights ``α_d`` = spatial mean of the gradient; ``CAM = ReLU(Σ_d α_d A_d)``;
 4. min–max normalisation per map; absent classes stay 0.
 
 Unlike pytorch-grad-cam (which CLIP-ES vendors) nothing is hard-coded to a 14×14 grid, no numpy
-round trip happens, and ``create_graph=True`` keeps the CAM differentiable.
+round trip happens, and ``create_graph=True`` keeps the CAM differentiable. Images are
+independent in the last block, so one backward pass serves slot ``j`` of every image (its
+``j``-th present class): a batch costs as many passes as its most labelled image has classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank
+from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
+from cdclip.cam.slots import class_slots
 from cdclip.registry import register
 
-__all__ = ["CLIPGradCAM", "clip_gradcam", "gradcam_scores"]
+__all__ = ["TARGETS", "CLIPGradCAM", "check_target", "clip_gradcam", "gradcam_scores"]
 
-Target = Literal["input", "ln_1"]
+Target = Literal["ln1_out", "block_in"]
+TARGETS: tuple[str, ...] = get_args(Target)
+_TARGET_ALIASES = {"ln_1": "ln1_out", "input": "block_in"}  # names before 0.2
+
+
+def check_target(target: str) -> Target:
+    """The canonical GradCAM target name (old names ``ln_1``/``input`` accepted)."""
+    target = _TARGET_ALIASES.get(target, target)
+    check_choice(target, "target", TARGETS)
+    return target  # type: ignore[return-value]
 
 
 def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit_scale: float = 100.0) -> Tensor:
@@ -63,7 +76,7 @@ def clip_gradcam(
     text: Tensor,
     labels: Tensor,
     logit_scale: float = 100.0,
-    target: Target = "input",
+    target: Target = "ln1_out",
     create_graph: bool = False,
 ) -> Tensor:
     """GradCAM of CLIP's softmax scores for the present classes.
@@ -71,11 +84,12 @@ def clip_gradcam(
     Args:
         output: a :class:`~cdclip.backbones.openclip.CLIPOutput` from a forward with
             ``grad_last_block=True`` (needs ``global_embedding``, ``grid`` and
-            ``last_block_input`` / ``last_block_ln1``).
+            ``last_block_ln1`` / ``last_block_input``).
         text: text classifier, C foreground rows then background words.
         labels: image-level multi-hot labels.
         logit_scale: CLIP temperature of the scores (the backbone's ``logit_scale``, 100 for OpenAI).
-        target: ``"input"`` (tokens entering the last block) or ``"ln_1"`` (its ``ln_1`` output).
+        target: ``"ln1_out"`` (the last block's ``ln_1`` output, CLIP-ES / WeCLIP) or
+            ``"block_in"`` (the tokens entering the last block).
         create_graph: keep the graph of the gradients (CAMs differentiable w.r.t. the tokens).
 
     Shape:
@@ -83,9 +97,8 @@ def clip_gradcam(
         - labels: (B, C)
         - output: (B, C, h, w), each present map min–max normalised to [0, 1], absent maps 0
     """
-    if target not in ("input", "ln_1"):
-        raise ValueError(f"target: expected 'input' or 'ln_1', got {target!r}")
-    source = output.last_block_input if target == "input" else output.last_block_ln1
+    target = check_target(target)
+    source = output.last_block_ln1 if target == "ln1_out" else output.last_block_input
     if source is None or not source.requires_grad:
         raise ValueError(
             "output: GradCAM needs the backbone forward run with grad_last_block=True "
@@ -95,21 +108,23 @@ def clip_gradcam(
     h, w = output.grid
     labels = check_labels(labels, b)
     c = labels.shape[1]
-    present = torch.nonzero(labels.any(dim=0)).flatten().tolist()
+    slots = class_slots(labels.to(source.device))
     cams = output.global_embedding.new_zeros(b, c, h * w, dtype=torch.float32)
-    if not present:
+    if slots.count == 0:
         return cams.reshape(b, c, h, w)
+    rows = torch.arange(b, device=source.device)
     with torch.enable_grad():
         probs = gradcam_scores(output.global_embedding, text, labels, logit_scale)
-        mask = labels.to(probs)
         acts = source[:, 1:].float()  # drop the class token: (B, N, W)
-        for i, cls in enumerate(present):
-            score = (probs[:, cls] * mask[:, cls]).sum()
+        for j in range(slots.count):
+            index, valid = slots.index[:, j], slots.valid[:, j]
+            score = (probs[rows, index] * valid.to(probs)).sum()
             (grad,) = torch.autograd.grad(
-                score, source, retain_graph=create_graph or i < len(present) - 1, create_graph=create_graph
+                score, source, retain_graph=create_graph or j < slots.count - 1, create_graph=create_graph
             )
             alpha = grad[:, 1:].float().mean(dim=1, keepdim=True)  # (B, 1, W)
-            cams[:, cls] = F.relu((acts * alpha).sum(dim=-1))
+            cam = F.relu((acts * alpha).sum(dim=-1))  # (B, N)
+            cams = cams.index_put((rows[valid], index[valid]), cam[valid])
     cams = minmax_per_map(cams.reshape(b, c, h, w)) * labels.to(cams)[:, :, None, None]
     return cams if create_graph else cams.detach()
 
@@ -120,7 +135,7 @@ class CLIPGradCAM(nn.Module):
 
     Args:
         logit_scale: temperature of the scores; ``None`` uses the backbone's (100 for OpenAI CLIP).
-        target: ``"input"`` (default) or ``"ln_1"`` (CLIP-ES's hook point).
+        target: ``"ln1_out"`` (default, CLIP-ES's and WeCLIP's hook point) or ``"block_in"``.
         scales: input scales whose CAMs are averaged (on the scale-1.0 grid).
         flip: also average horizontally flipped inputs.
 
@@ -139,14 +154,12 @@ class CLIPGradCAM(nn.Module):
     def __init__(
         self,
         logit_scale: float | None = None,
-        target: Target = "input",
+        target: Target = "ln1_out",
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
     ) -> None:
         super().__init__()
-        if target not in ("input", "ln_1"):
-            raise ValueError(f"target: expected 'input' or 'ln_1', got {target!r}")
-        self.logit_scale, self.target = logit_scale, target
+        self.logit_scale, self.target = logit_scale, check_target(target)
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
     def cams_from_output(self, output: Any, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:

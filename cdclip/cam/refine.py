@@ -10,7 +10,11 @@
   and background words), fused with the attention as the name says.
 
 All of it delegates to :class:`cdclip.affinity.cda.CDAModule`, so switching methods is one argument.
-Only the classes present in the batch are refined (cheap for COCO's 80 classes); absent classes stay 0.
+Only each image's present classes are refined, packed into slots (:mod:`cdclip.cam.slots`), so
+COCO's 80 classes and batches with different classes per image cost what their labels need.
+
+WeCLIP's decoder-affinity refinement (from iteration 15k on VOC, 40k on COCO, and at validation)
+replaces the attention average by :func:`decoder_refined_attention` (pass it as ``attention=``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from torch import Tensor, nn
 from cdclip._checks import check_floating, check_rank
 from cdclip.affinity.cda import CDAModule, class_probs_from_features
 from cdclip.cam.multiscale import check_labels
+from cdclip.cam.slots import class_slots, gather_slots, scatter_slots
 
-__all__ = ["REFINE_METHODS", "CAMRefiner", "attention_affinity", "refine_cams"]
+__all__ = ["REFINE_METHODS", "CAMRefiner", "attention_affinity", "decoder_refined_attention", "refine_cams"]
 
 REFINE_METHODS: tuple[str, ...] = ("none", "attn", "mean", "replace", "product")
 
@@ -45,6 +50,37 @@ def attention_affinity(attn: Tensor, last: int = 8) -> Tensor:
     return attn[:, -last:].float().mean(dim=1)
 
 
+def decoder_refined_attention(attn: Tensor, seg_affinity: Tensor, blocks: int = 6, eps: float = 1e-5) -> Tensor:
+    """WeCLIP's attention refined by the decoder's affinity.
+
+    Of the last ``blocks`` attention maps ``A_l`` (all of them when fewer are given, like a
+    ``[-blocks:]`` slice), keep those with ``Σ(S − A_l) <= mean_l Σ(S − A_l)``
+    (``S`` = the decoder's ``sigmoid(FᵀF)``), average them (``Σ m_l A_l / (Σ m_l + eps)``) and
+    multiply by ``S`` element-wise. Computed in float32 or higher.
+
+    Shape:
+        - attn: (B, L, N, N) head-averaged attention, CLS dropped
+        - seg_affinity: (B, N, N)
+        - output: (B, N, N)
+    """
+    check_rank(attn, "attn", "B L N N")
+    check_rank(seg_affinity, "seg_affinity", "B N N")
+    if blocks < 1 or attn.shape[1] == 0:
+        raise ValueError(f"blocks: expected >= 1 blocks of a non-empty attn, got {blocks} of {attn.shape[1]}")
+    if seg_affinity.shape[0] != attn.shape[0] or seg_affinity.shape[1:] != attn.shape[2:]:
+        raise ValueError(
+            f"seg_affinity: expected shape {(attn.shape[0], *attn.shape[2:])} for attn {tuple(attn.shape)}, "
+            f"got {tuple(seg_affinity.shape)}"
+        )
+    dtype = torch.promote_types(attn.dtype, torch.float32)
+    a = attn[:, -blocks:].to(dtype)
+    s = seg_affinity.to(dtype)
+    diff = (s[:, None] - a).flatten(2).sum(dim=-1)  # (B, blocks)
+    keep = (diff <= diff.mean(dim=1, keepdim=True)).to(dtype)[:, :, None, None]
+    mean = (keep * a).sum(dim=1) / (keep.sum(dim=1) + eps)
+    return mean * s
+
+
 def refine_cams(
     cams: Tensor,
     labels: Tensor,
@@ -54,6 +90,7 @@ def refine_cams(
     cda: CDAModule | None = None,
     attn_layers: int = 8,
     logit_scale: float = 100.0,
+    attention: Tensor | None = None,
 ) -> Tensor:
     """Refine CAMs with the MHSA baseline or CDA using one backbone output.
 
@@ -67,11 +104,14 @@ def refine_cams(
             ``CDAModule()`` (γ = 0.5, θ = 0.4, exp affinity).
         attn_layers: number of last blocks averaged into the attention affinity (8).
         logit_scale: ``1/τ_cd`` of the class distributions (CLIP's 100).
+        attention: an attention affinity (B, N, N) to use instead of the average of the last
+            ``attn_layers`` blocks (e.g. :func:`decoder_refined_attention`).
 
     Shape:
         - cams: (B, C, h, w)
         - labels: (B, C)
         - text: (K, D)
+        - attention: (B, N, N)
         - output: (B, C, h, w)
     """
     if method not in REFINE_METHODS:
@@ -84,21 +124,22 @@ def refine_cams(
         raise ValueError(f"labels: expected (B, C={c}) for cams {tuple(cams.shape)}, got {tuple(labels.shape)}")
     if method == "none":
         return cams.float() * present[:, :, None, None]
-    idx = torch.nonzero(present.any(dim=0)).flatten()
-    out = cams.new_zeros(b, c, h, w, dtype=torch.float32)
-    if idx.numel() == 0:
-        return out
+    slots = class_slots(present)
+    if slots.count == 0:
+        return cams.new_zeros(b, c, h, w, dtype=torch.float32)
     # "replace" uses the class distributions only: no attention average to build
-    attn = None if method == "replace" else attention_affinity(output.attn, attn_layers).to(cams.device)
+    attn = attention
+    if attn is None and method != "replace":
+        attn = attention_affinity(output.attn, attn_layers)
+    attn = attn.to(cams.device) if attn is not None else None
     probs = None
     if method != "attn":
         if text is None:
             raise ValueError(f"text: method={method!r} needs the text classifier (K, D) for class distributions")
         probs = class_probs_from_features(output.dense.to(cams.device), text.to(cams.device), logit_scale)
     module = cda if cda is not None else CDAModule()
-    refined = _with_fusion(module, method)(cams[:, idx].float(), probs, attn)
-    out[:, idx] = refined.float() * present[:, idx, None, None]
-    return out
+    refined = _with_fusion(module, method)(gather_slots(cams.float(), slots), probs, attn)
+    return scatter_slots(refined.float(), slots, c)
 
 
 def _with_fusion(module: CDAModule, fusion: str) -> CDAModule:
@@ -115,7 +156,7 @@ class CAMRefiner(nn.Module):
         attn_layers: last blocks averaged into the attention affinity (8).
         logit_scale: ``1/τ_cd`` of the class distributions (100).
         **cda_kwargs: :class:`~cdclip.affinity.cda.CDAModule` options (``gamma``, ``box_threshold``,
-            ``affinity``, ``sigma``, ``beta``, ``sinkhorn_iters``, ``power``).
+            ``affinity``, ``sigma``, ``beta``, ``sinkhorn_iters``, ``power``, ``box_rule``).
 
     Shape:
         - cams: (B, C, h, w)
@@ -132,8 +173,12 @@ class CAMRefiner(nn.Module):
         fusion = method if method in ("attn", "mean", "replace", "product") else "attn"
         self.cda = CDAModule(fusion=fusion, **cda_kwargs)  # type: ignore[arg-type]
 
-    def forward(self, cams: Tensor, labels: Tensor, output: Any, text: Tensor | None = None) -> Tensor:
-        return refine_cams(cams, labels, output, text, self.method, self.cda, self.attn_layers, self.logit_scale)
+    def forward(
+        self, cams: Tensor, labels: Tensor, output: Any, text: Tensor | None = None, attention: Tensor | None = None
+    ) -> Tensor:
+        return refine_cams(
+            cams, labels, output, text, self.method, self.cda, self.attn_layers, self.logit_scale, attention
+        )
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, attn_layers={self.attn_layers}, logit_scale={self.logit_scale}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,46 +38,120 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (one of)")
-    group = src.add_mutually_exclusive_group(required=True)
+    group = src.add_mutually_exclusive_group()
     group.add_argument("--images", type=Path, help="folder of images (labels from --classes)")
     group.add_argument("--voc", type=Path, metavar="ROOT", help="PASCAL VOC2012 folder")
     group.add_argument("--coco", type=Path, metavar="ROOT", help="COCO folder (images in ROOT/SPLIT)")
     src.add_argument("--split", default=None, help="dataset split (VOC: train; COCO: train2014)")
     src.add_argument("--label-file", type=Path, default=None,
                      help="image-level labels (cls_labels_onehot.npy style); default: the dataset's own")
+    src.add_argument("--labels-from", default=None, choices=("file", "mask"),
+                     help="image classes from the label file (default) or the GT masks (WeCLIP's leak; warns)")
     src.add_argument("--classes", default=None,
                      help="comma-separated class names for --images; every class is taken as present")
     src.add_argument("--background", default=None, choices=("voc", "coco", "none"),
-                     help="background word list (default: the dataset's; voc for --images)")
+                     help="background word list (default: the preset's)")
     src.add_argument("--limit", type=int, default=None, help="process only the first N images")
 
+    preset = parser.add_argument_group("preset (flags below override it)")
+    preset.add_argument("--preset", default=None,
+                        help="a shipped preset, e.g. clip-es, weclip-voc, cdclip-voc (default: cdclip-voc, "
+                             "cdclip-coco for --coco)")
+    preset.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="openclip:ViT-B-16@openai", help="registered backbone name")
+    model.add_argument("--backbone", default=None, help="registered backbone name (default: the preset's)")
     model.add_argument("--weights", default=None,
                        help="checkpoint path, open_clip tag, or 'none' for random weights (default: the tag)")
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     model.add_argument("--templates", action="append", default=None,
-                       help="prompt template with {} (repeatable; default 'a clean origami {}.')")
+                       help="prompt template with {} (repeatable; default: the preset's)")
+    model.add_argument("--pos-interp", default=None, choices=("bilinear", "bicubic"),
+                       help="position-embedding interpolation (CLIP-ES/WeCLIP: bilinear)")
+    model.add_argument("--pos-fp16", default=None, action=argparse.BooleanOptionalAction,
+                       help="round the interpolated position embedding to float16 (CLIP-ES/WeCLIP)")
+    model.add_argument("--fp16-out-proj", default=None, action=argparse.BooleanOptionalAction,
+                       help="attention out-projections in float16 (WeCLIP)")
+    model.add_argument("--normalize", default=None, choices=("clip", "imagenet"),
+                       help="image statistics for CLIP's input (CLIP-ES: clip; WeCLIP: imagenet)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--cam", default="gradcam", choices=("gradcam", "patch_text"))
-    method.add_argument("--refine", default="cda", choices=("none", "attn", "cda"))
-    method.add_argument("--fusion", default="mean", choices=("mean", "replace", "product"),
-                        help="how CDA is fused with attention (with --refine cda)")
+    method.add_argument("--cam", default=None, choices=("gradcam", "patch_text"))
+    method.add_argument("--cam-target", default=None, choices=("ln1_out", "block_in"),
+                        help="GradCAM at the last block's ln_1 output (CLIP-ES/WeCLIP) or its input")
+    method.add_argument("--refine", default=None, choices=("none", "attn", "cda"))
+    method.add_argument("--fusion", default=None, choices=("mean", "replace", "product"),
+                        help="how CDA is fused with attention (with --refine cda; default mean)")
     method.add_argument("--box-threshold", type=float, default=None, help="box mask θ (0.4 VOC, 0.7 COCO)")
-    method.add_argument("--attn-layers", type=int, default=8, help="last blocks averaged for attention")
-    method.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    method.add_argument("--flip", action="store_true", help="add flipped inputs to the CAMs")
-    method.add_argument("--long-side", type=int, default=512, help="CLIP input long side (0: native size)")
-    method.add_argument("--bg-alpha", type=float, default=1.0, help="background score (1 - max CAM)^alpha")
-    method.add_argument("--par-iters", type=int, default=20, help="PAR iterations (0 disables PAR)")
-    method.add_argument("--par-scale", type=float, default=1.0,
-                        help="resolution of PAR relative to the image (ToCo/WeCLIP use 0.5; 4x cheaper)")
+    method.add_argument("--box-rule", default=None, choices=("inclusive", "clip-es"), help="box ends")
+    method.add_argument("--attn-layers", type=int, default=None, help="last blocks averaged for attention")
+    method.add_argument("--scales", type=float, nargs="+", default=None)
+    method.add_argument("--flip", default=None, action=argparse.BooleanOptionalAction,
+                        help="add flipped inputs to the CAMs")
+    method.add_argument("--long-side", type=int, default=None, help="CLIP input long side (0: native size)")
+    method.add_argument("--resize", default=None, choices=("pil_bicubic", "bilinear"),
+                        help="input resize (CLIP-ES: PIL bicubic of the uint8 image)")
+    method.add_argument("--background-at", default=None, choices=("image", "patch"),
+                        help="background after upsampling the refined maps (image) or on the patch grid")
+    method.add_argument("--bg-alpha", type=float, default=None, help="background score (1 - max CAM)^alpha")
+    method.add_argument("--bg-threshold", type=float, default=None, help="constant background score instead")
+    method.add_argument("--par-iters", type=int, default=None, help="PAR iterations (0 disables PAR)")
+    method.add_argument("--par-scale", type=float, default=None,
+                        help="resolution of PAR relative to the image (0.5 is 4x cheaper)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--out", type=Path, required=True, help="output folder")
+    out.add_argument("--out", type=Path, default=None, help="output folder (required)")
     out.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     out.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+
+
+# flags that override the preset's ModelConfig fields: flag -> field
+_MODEL_FLAGS = {
+    "backbone": "clip", "cam": "cam", "cam_target": "cam_target", "box_threshold": "box_threshold",
+    "box_rule": "box_rule", "attn_layers": "attn_layers", "resize": "cam_resize", "background_at": "background_at",
+    "bg_alpha": "bg_alpha", "bg_threshold": "bg_threshold", "par_iters": "par_iters", "par_scale": "par_scale",
+    "pos_interp": "clip_pos_interp", "pos_fp16": "clip_pos_fp16", "fp16_out_proj": "clip_fp16_out_proj",
+    "flip": "cam_flip", "background": "background",
+}  # fmt: skip
+
+
+def model_config(args: argparse.Namespace) -> Any:
+    """The preset's :class:`~cdclip.pipeline.config.TrainConfig` with the command-line flags applied.
+
+    Shape:
+        - no tensors: Namespace -> TrainConfig
+    """
+    from cdclip.pipeline.config import apply_overrides, preset
+
+    name = args.preset or ("cdclip-coco" if args.coco is not None else "cdclip-voc")
+    overrides: dict[str, Any] = {
+        f"model.{field}": getattr(args, flag) for flag, field in _MODEL_FLAGS.items() if getattr(args, flag) is not None
+    }
+    if args.refine is not None:
+        overrides["model.refine"] = (args.fusion or "mean") if args.refine == "cda" else args.refine
+    elif args.fusion is not None:
+        overrides["model.refine"] = args.fusion
+    if args.scales is not None:
+        overrides["model.cam_scales"] = list(args.scales)
+    if args.long_side is not None:
+        overrides["model.cam_long_side"] = args.long_side or None
+    if args.templates:
+        overrides["model.templates"] = list(args.templates)
+    if args.normalize is not None:
+        overrides["data.normalize"] = args.normalize
+    if args.labels_from is not None:
+        overrides["data.labels_from"] = args.labels_from
+    return apply_overrides(preset(name), overrides)
+
+
+def print_presets(training_only: bool = False) -> None:
+    from cdclip.presets import list_presets
+
+    for info in list_presets():
+        if training_only and not info["training"]:
+            continue
+        kind = "train" if info["training"] else "cams "
+        print(f"{info['name']:<22} {kind}  {info['description']}")
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -104,27 +179,37 @@ class _Folder:
         return {"image": image, "labels": self.labels, "name": self.names[index]}
 
 
-def _dataset(args: argparse.Namespace) -> tuple[Any, tuple[str, ...], tuple[str, ...], str, float]:
-    """(dataset, class names, background words, palette, default box threshold)."""
+def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...], tuple[str, ...], str]:
+    """(dataset, class names, background words, palette)."""
     from cdclip.data.prompts import background_words
 
+    bg = background_words(config.model.background)
     if args.voc is not None:
         from cdclip.data.voc import VOCSegmentation
 
         ds = VOCSegmentation(args.voc, args.split or "train", label_file=args.label_file)
-        names, bg, palette, theta = ds.class_names, background_words(args.background or "voc"), "voc", 0.4
+        names, palette = ds.class_names, "voc"
     elif args.coco is not None:
         from cdclip.data.coco import COCOSegmentation
 
         ds = COCOSegmentation(args.coco, args.split or "train2014", label_file=args.label_file)
-        names, bg, palette, theta = ds.class_names, background_words(args.background or "coco"), "coco", 0.7
+        names, palette = ds.class_names, "coco"
     else:
         if not args.classes:
             raise ValueError("--classes: an image folder needs the class names, e.g. --classes cat,dog")
         names = tuple(c.strip() for c in args.classes.split(",") if c.strip())
         ds = _Folder(args.images, len(names))
-        bg, palette, theta = background_words(args.background or "voc"), "voc", 0.4
-    return ds, tuple(names), tuple(bg), palette, theta
+        palette = "voc"
+    if config.data.labels_from == "mask":
+        if args.images is not None:
+            raise ValueError("--labels-from mask: an image folder has no masks")
+        warnings.warn(
+            "labels_from='mask': image classes are read from the ground-truth masks (WeCLIP's label leak); "
+            "use it only to reproduce WeCLIP",
+            UserWarning,
+            stacklevel=2,
+        )
+    return ds, tuple(names), tuple(bg), palette
 
 
 def _indices(n: int, limit: int | None) -> Iterator[int]:
@@ -132,13 +217,17 @@ def _indices(n: int, limit: int | None) -> Iterator[int]:
 
 
 # ------------------------------------------------------------------------------------------ run
-def _build_backbone(args: argparse.Namespace) -> Any:
+def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
     from cdclip.registry import create
 
     kwargs: dict[str, Any] = {"device": args.device}
+    if model.clip.startswith("openclip:"):
+        kwargs.update(
+            pos_interp=model.clip_pos_interp, pos_fp16=model.clip_pos_fp16, fp16_out_proj=model.clip_fp16_out_proj
+        )
     if args.weights is not None:
         kwargs["weights"] = None if args.weights.strip().lower() == "none" else args.weights
-    return create(args.backbone, **kwargs)
+    return create(model.clip, **kwargs)
 
 
 def _outputs(out: Path, name: str, overlay: bool) -> list[Path]:
@@ -169,29 +258,21 @@ def run(args: argparse.Namespace) -> int:
     from cdclip.data.palette import load_label_png, save_label_png
     from cdclip.metrics import ConfusionMatrix
     from cdclip.pipeline.pseudo_labels import PseudoLabeler
-    from cdclip.refine.par import PAR
+    from cdclip.pipeline.trainer import labels_from_mask
 
+    if args.list_presets:
+        print_presets()
+        return 0
     try:
-        dataset, class_names, bg_words, palette, theta = _dataset(args)
-        backbone = _build_backbone(args)
-        refine = args.fusion if args.refine == "cda" else args.refine
-        labeler = PseudoLabeler(
-            backbone,
-            class_names,
-            bg_words,
-            templates=tuple(args.templates) if args.templates else ("a clean origami {}.",),
-            cam=_cam(args),
-            refine=refine,
-            par=PAR(num_iter=args.par_iters) if args.par_iters > 0 else None,
-            long_side=args.long_side or None,
-            bg_alpha=args.bg_alpha,
-            par_scale=args.par_scale,
-            attn_layers=args.attn_layers,
-            box_threshold=args.box_threshold if args.box_threshold is not None else theta,
-        )
+        if args.out is None or (args.images is None and args.voc is None and args.coco is None):
+            raise ValueError("--out and one of --images, --voc, --coco are required")
+        config = model_config(args)
+        dataset, class_names, bg_words, palette = _dataset(args, config)
+        labeler = PseudoLabeler.from_config(config, class_names, bg_words, _build_backbone(args, config.model))
     except (FileNotFoundError, ValueError, RuntimeError, KeyError, TypeError) as err:
         print(f"cdclip cams: error: {err}", file=sys.stderr)
         return 2
+    refine = config.model.refine
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         image = torch.as_tensor(item["image"]).to(torch.uint8)
         labels = torch.as_tensor(item["labels"]).float()[None]
+        if config.data.labels_from == "mask" and mask is not None:
+            labels = labels_from_mask(mask, labels.shape[1])[None]
         result = labeler(image[None], labels)
         label = result.labels[0].cpu()
         keys = torch.nonzero(labels[0] > 0).flatten()
@@ -241,18 +324,10 @@ def run(args: argparse.Namespace) -> int:
             "miou": miou,
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names_bg, matrix.iou(), strict=True)},
             "images": scored,
-            "cam": args.cam,
+            "cam": config.model.cam,
             "refine": refine,
-            "backbone": args.backbone,
+            "backbone": config.model.clip,
+            "preset": args.preset,
         }
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return 0
-
-
-def _cam(args: argparse.Namespace) -> Any:
-    from cdclip.cam.gradcam import CLIPGradCAM
-    from cdclip.cam.patch_text import PatchTextCAM
-
-    if args.cam == "gradcam":
-        return CLIPGradCAM(scales=args.scales, flip=args.flip)
-    return PatchTextCAM(scales=args.scales, flip=args.flip)

@@ -32,9 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cfg.add_argument(
         "--preset",
         default=None,
-        choices=("voc", "coco"),
-        help="base configuration (default: voc, or the dataset named in --config)",
+        help="a shipped preset: weclip-voc, weclip-coco, cdclip-voc, cdclip-coco, ablation-* "
+        "(see --list-presets; default: cdclip-voc, or cdclip-coco when --config names coco)",
     )
+    cfg.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
     cfg.add_argument(
         "--set",
         dest="overrides",
@@ -101,6 +102,14 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_training_preset(name: str) -> None:
+    from cdclip.presets import ALIASES, list_presets
+
+    for info in list_presets():
+        if info["name"] == ALIASES.get(name, name) and not info["training"]:
+            raise ValueError(f"--preset: {name!r} is a training-free preset; use it with `cdclip cams --preset {name}`")
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` described by the command-line arguments."""
     import torch
@@ -120,6 +129,7 @@ def build_config(args: argparse.Namespace) -> Any:
             )
         file_data = loaded
     name = args.preset or (file_data.get("data", {}) or {}).get("dataset") or "voc"
+    _check_training_preset(name)
     config = TrainConfig.from_dict(file_data, base=preset(name))
 
     # named options -> config keys (applied after the YAML file, before --set)
@@ -147,6 +157,11 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        from cdclip.commands.cams import print_presets
+
+        print_presets(training_only=True)
+        return 0
     try:
         config = build_config(args)
     except (ValueError, TypeError, FileNotFoundError) as err:

@@ -31,10 +31,13 @@ from torchvision.transforms.v2 import functional as TF
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ImageOnly",
     "RandomRescale",
     "denormalize",
     "eval_transform",
+    "normalization_stats",
     "normalize",
     "train_transform",
 ]
@@ -43,7 +46,21 @@ __all__ = [
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
+# ImageNet statistics on the 0–1 scale; WeCLIP applies them on the 0–255 scale (123.675, ...),
+# which is the same normalisation
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 VOID = 255
+
+
+def normalization_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` of ``"clip"`` (OpenAI CLIP) or ``"imagenet"`` (WeCLIP) on the 0–1 scale."""
+    if name == "clip":
+        return CLIP_MEAN, CLIP_STD
+    if name == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    raise ValueError(f"normalize: expected one of ('clip', 'imagenet'), got {name!r}")
 
 
 class RandomRescale(v2.Transform):
@@ -112,6 +129,7 @@ def train_transform(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     pure_tensors: bool = True,
+    pad_fill: str = "mean",
 ) -> v2.Compose:
     """Training augmentation: rescale, flip, crop (mask padded with 255), normalise.
 
@@ -122,6 +140,7 @@ def train_transform(
         flip_prob: probability of a horizontal flip.
         mean, std: normalisation statistics (CLIP's by default).
         pure_tensors: return plain tensors (drop the tv_tensors wrappers) at the end.
+        pad_fill: image padding colour, ``"mean"`` (0 after normalisation) or ``"black"`` (WeCLIP).
 
     Shape:
         - image: (3, H, W) uint8 → (3, crop_size, crop_size) float32
@@ -129,11 +148,14 @@ def train_transform(
     """
     if not isinstance(crop_size, int) or crop_size < 1:
         raise ValueError(f"crop_size: expected a positive int, got {crop_size!r}")
+    if pad_fill not in ("mean", "black"):
+        raise ValueError(f"pad_fill: expected one of ('mean', 'black'), got {pad_fill!r}")
+    fill = _mean_colour(mean) if pad_fill == "mean" else [0, 0, 0]
     steps: list[Any] = [
         RandomRescale(scale_range),
         v2.RandomHorizontalFlip(p=flip_prob),
         v2.RandomCrop(
-            crop_size, pad_if_needed=True, fill={tv_tensors.Image: _mean_colour(mean), tv_tensors.Mask: VOID}
+            crop_size, pad_if_needed=True, fill={tv_tensors.Image: fill, tv_tensors.Mask: VOID}
         ),
         normalize(mean, std),
     ]

@@ -36,9 +36,19 @@ __all__ = [
 
 REFINE_CHOICES = ("none", "attn", "mean", "replace", "product")
 CAM_CHOICES = ("gradcam", "patch_text")
+CAM_TARGETS = ("ln1_out", "block_in")
 DATASETS = ("voc", "coco")
 AMP_CHOICES = ("none", "bf16", "fp16")
 AFFINITY_CHOICES = ("exp", "power", "linear")
+POS_INTERPS = ("bilinear", "bicubic")
+BOX_RULES = ("inclusive", "clip-es")
+BACKGROUND_AT = ("image", "patch")
+ACTIVATIONS = ("quick_gelu", "gelu")
+RESIZE_MODES = ("pil_bicubic", "bilinear")
+NORMALIZATIONS = ("imagenet", "clip")
+PAD_FILLS = ("mean", "black")
+PAD_LABELS = ("void", "pseudo")
+LABEL_SOURCES = ("file", "mask")
 
 T = TypeVar("T")
 
@@ -69,20 +79,38 @@ class ModelConfig:
         clip_weights: checkpoint path or open_clip tag overriding the name's tag; ``"none"`` =
             random weights (smoke tests only); ``None`` = the tag in ``clip``.
         clip_precision: open_clip precision of the frozen CLIP (``fp32``, ``fp16``, ``bf16``).
+        clip_pos_interp: position-embedding interpolation (``bilinear``: CLIP-ES and WeCLIP;
+            ``bicubic``).
+        clip_pos_fp16: round the interpolated position embedding to float16 (CLIP-ES, WeCLIP).
+        clip_fp16_out_proj: attention out-projections in float16 in both towers (WeCLIP's
+            attention module; off by default: a precision artefact, not part of the method).
         dino: registered DINO backbone (``timm:vit_base_patch16_224.dino``); ``None`` disables SBE.
         dino_weights: local DINO weight file (``None``: the Hugging Face cache).
         templates: prompt templates of the text classifier.
         prompt_style: how class names become phrases (``clip_es``, ``plain``, ``raw``).
         background: background word list (``voc``, ``coco``, ``none``).
         cam: initial CAM method (``gradcam``, DESIGN §3.1; ``patch_text`` alternative).
+        cam_target: GradCAM activations and gradients at the last block's ``ln_1`` output
+            (``ln1_out``: CLIP-ES, WeCLIP) or at the tokens entering it (``block_in``).
+        cam_resize, cam_long_side, cam_scales, cam_flip: the training-free input of ``cdclip cams``:
+            resize mode (``pil_bicubic``: CLIP-ES; ``bilinear``), long side (``None``: native size,
+            sides rounded up to 16), CAM scales and horizontal flip.
         refine: CAM refinement: ``mean`` (CDA fused with attention, default), ``replace``,
             ``product``, ``attn`` (MHSA baseline, CDA off) or ``none``.
         attn_layers: last CLIP blocks averaged into the attention affinity (8).
         gamma: weight of the attention transition matrix in the ``mean`` fusion (0.5).
         box_threshold: box-mask θ (0.4 VOC, 0.7 COCO).
+        box_rule: box ends, ``inclusive`` (cdclip) or ``clip-es`` (CLIP-ES / WeCLIP: uint8 threshold,
+            boxes touching the right/bottom edge lose that column/row).
         cda_affinity, cda_sigma, cda_beta: JS → affinity map (``exp(−JS/σ)`` with σ = 0.05).
         cd_logit_scale: ``1/τ_cd`` of the per-patch class distributions (100).
         bg_alpha: background score exponent α.
+        bg_threshold: constant background score (CLIP-ES's evaluation threshold); ``None``: ``(1 − max)^α``.
+        background_at: ``image`` (refined maps upsampled to the crop, then background: WeCLIP) or
+            ``patch`` (background on the patch grid, then upsampled).
+        seg_affinity_from: iteration (0-based) from which WeCLIP's decoder-affinity refinement of the
+            CAMs runs in training (15000 VOC, 40000 COCO; it always runs at validation); ``None``: never.
+        seg_affinity_blocks: last attention blocks that refinement chooses from (6 VOC, 10 COCO).
         par_iters: PAR iterations on the crop (0 disables PAR).
         par_dilations: PAR neighbourhood dilations.
         par_scale: PAR resolution relative to the crop (1.0; 0.5 is 4× cheaper).
@@ -93,26 +121,40 @@ class ModelConfig:
             (WeCLIP: 256, 3, 8, 4, dropout 0.1 after the fusion).
         decoder_blocks: CLIP blocks fed to the decoder (``None``: all but the last, i.e. blocks
             1–11 of ViT-B/16).
+        decoder_activation: the decoder transformer's MLP activation (``quick_gelu``: WeCLIP; ``gelu``).
     """
 
     clip: str = "openclip:ViT-B-16@openai"
     clip_weights: str | None = None
     clip_precision: str = "fp32"
+    clip_pos_interp: str = "bilinear"
+    clip_pos_fp16: bool = True
+    clip_fp16_out_proj: bool = False
     dino: str | None = "timm:vit_base_patch16_224.dino"
     dino_weights: str | None = None
     templates: tuple[str, ...] = ("a clean origami {}.",)
     prompt_style: str = "clip_es"
     background: str = "voc"
     cam: str = "gradcam"
+    cam_target: str = "ln1_out"
+    cam_resize: str = "pil_bicubic"
+    cam_long_side: int | None = None
+    cam_scales: tuple[float, ...] = (1.0,)
+    cam_flip: bool = False
     refine: str = "mean"
     attn_layers: int = 8
     gamma: float = 0.5
     box_threshold: float = 0.4
+    box_rule: str = "inclusive"
     cda_affinity: str = "exp"
     cda_sigma: float = 0.05
     cda_beta: float = 8.0
     cd_logit_scale: float = 100.0
     bg_alpha: float = 1.0
+    bg_threshold: float | None = None
+    background_at: str = "image"
+    seg_affinity_from: int | None = 15000
+    seg_affinity_blocks: int = 6
     par_iters: int = 20
     par_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     par_scale: float = 1.0
@@ -127,9 +169,26 @@ class ModelConfig:
     decoder_mlp_ratio: float = 4.0
     decoder_dropout: float = 0.1
     decoder_blocks: int | None = None
+    decoder_activation: str = "quick_gelu"
 
     def __post_init__(self) -> None:
         _choice(self.cam, "model.cam", CAM_CHOICES)
+        _choice(self.cam_target, "model.cam_target", CAM_TARGETS)
+        _choice(self.cam_resize, "model.cam_resize", RESIZE_MODES)
+        _choice(self.clip_pos_interp, "model.clip_pos_interp", POS_INTERPS)
+        _choice(self.box_rule, "model.box_rule", BOX_RULES)
+        _choice(self.background_at, "model.background_at", BACKGROUND_AT)
+        _choice(self.decoder_activation, "model.decoder_activation", ACTIVATIONS)
+        if self.cam_long_side is not None and self.cam_long_side < 1:
+            raise ValueError(f"model.cam_long_side: expected a positive int or None, got {self.cam_long_side!r}")
+        if not self.cam_scales or any(v <= 0 for v in self.cam_scales):
+            raise ValueError(f"model.cam_scales: expected positive scales, got {self.cam_scales!r}")
+        if self.bg_threshold is not None and not 0.0 <= self.bg_threshold <= 1.0:
+            raise ValueError(f"model.bg_threshold: expected a value in [0, 1] or None, got {self.bg_threshold!r}")
+        if self.seg_affinity_from is not None and self.seg_affinity_from < 0:
+            raise ValueError(f"model.seg_affinity_from: expected >= 0 or None, got {self.seg_affinity_from!r}")
+        if self.seg_affinity_blocks < 1:
+            raise ValueError(f"model.seg_affinity_blocks: expected >= 1, got {self.seg_affinity_blocks!r}")
         _choice(self.refine, "model.refine", REFINE_CHOICES)
         _choice(self.cda_affinity, "model.cda_affinity", AFFINITY_CHOICES)
         _choice(self.clip_precision, "model.clip_precision", ("fp32", "fp16", "bf16"))
@@ -172,6 +231,13 @@ class DataConfig:
         scale_range: random rescale factor range (0.5–2.0).
         flip_prob: horizontal flip probability.
         num_workers: DataLoader workers.
+        normalize: image statistics for CLIP's input and PAR: ``imagenet`` (WeCLIP: ImageNet
+            mean/std, applied on the 0–255 scale) or ``clip`` (OpenAI CLIP's).
+        pad_fill: crop padding colour, ``mean`` (0 after normalisation) or ``black`` (WeCLIP).
+        pad_label: ``void`` (padding is ignored by the losses, cdclip) or ``pseudo`` (padding gets
+            pseudo labels and is trained on, WeCLIP).
+        labels_from: image classes from the label ``file`` (default) or from the ground-truth
+            ``mask`` (WeCLIP's behaviour, a label leak: only to reproduce WeCLIP, with a warning).
     """
 
     dataset: str = "voc"
@@ -183,9 +249,17 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip_prob: float = 0.5
     num_workers: int = 4
+    normalize: str = "imagenet"
+    pad_fill: str = "mean"
+    pad_label: str = "void"
+    labels_from: str = "file"
 
     def __post_init__(self) -> None:
         _choice(self.dataset, "data.dataset", DATASETS)
+        _choice(self.normalize, "data.normalize", NORMALIZATIONS)
+        _choice(self.pad_fill, "data.pad_fill", PAD_FILLS)
+        _choice(self.pad_label, "data.pad_label", PAD_LABELS)
+        _choice(self.labels_from, "data.labels_from", LABEL_SOURCES)
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size: expected >= 1, got {self.batch_size!r}")
         if self.crop_size < 16 or self.crop_size % 16:
@@ -437,30 +511,21 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainC
 
 # ---------------------------------------------------------------------------- presets
 def voc() -> TrainConfig:
-    """PASCAL VOC 2012 (train_aug): 30k iterations, θ = 0.4, VOC super-classes and background words."""
-    return TrainConfig()
+    """The ``cdclip-voc`` preset (PASCAL VOC 2012 train_aug, 30k iterations, θ = 0.4)."""
+    return preset("cdclip-voc")
 
 
 def coco() -> TrainConfig:
-    """MS COCO 2014: 80k iterations, θ = 0.7, the 12 COCO supercategories, COCO background words."""
-    base = TrainConfig()
-    return TrainConfig(
-        model=dataclasses.replace(base.model, box_threshold=0.7, grouping="coco", background="coco"),
-        data=dataclasses.replace(base.data, dataset="coco", split="train2014"),
-        iters=80000,
-        checkpoint_every=5000,
-    )
-
-
-PRESETS = {"voc": voc, "coco": coco}
+    """The ``cdclip-coco`` preset (MS COCO 2014, 80k iterations, θ = 0.7, 12 supercategories)."""
+    return preset("cdclip-coco")
 
 
 def preset(name: str) -> TrainConfig:
-    """The preset called ``name`` (``voc`` or ``coco``).
+    """The shipped preset called ``name`` (see :mod:`cdclip.presets`; ``voc``/``coco`` are aliases).
 
     Shape:
         - no tensors: str -> TrainConfig
     """
-    if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {tuple(PRESETS)}, got {name!r}")
-    return PRESETS[name]()
+    from cdclip.presets import load_preset
+
+    return load_preset(name)

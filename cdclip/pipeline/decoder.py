@@ -17,16 +17,44 @@ Everything runs on the token grid of the input, so any crop or image size works.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_rank, check_tensor
+from cdclip._checks import check_choice, check_rank, check_tensor
 from cdclip.registry import register
 
-__all__ = ["BlockHead", "DecoderOutput", "TransformerLayer", "WeCLIPDecoder", "fuse_block_tokens"]
+__all__ = [
+    "ACTIVATIONS",
+    "BlockHead",
+    "DecoderOutput",
+    "QuickGELU",
+    "TransformerLayer",
+    "WeCLIPDecoder",
+    "fuse_block_tokens",
+]
+
+Activation = Literal["gelu", "quick_gelu"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+
+
+class QuickGELU(nn.Module):
+    """``x · sigmoid(1.702 x)``: OpenAI CLIP's GELU approximation, which WeCLIP's decoder uses.
+
+    Shape:
+        - x: (*)
+        - output: (*)
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def _activation(name: Activation) -> nn.Module:
+    check_choice(name, "activation", ACTIVATIONS)
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
 
 
 class DecoderOutput(NamedTuple):
@@ -59,14 +87,14 @@ class BlockHead(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LN transformer layer: ``x + MHSA(LN(x))`` then ``x + MLP(LN(x))`` (GELU MLP).
+    """Pre-LN transformer layer: ``x + MHSA(LN(x))`` then ``x + MLP(LN(x))`` (GELU or QuickGELU MLP).
 
     Shape:
         - x: (B, N, E)
         - output: (B, N, E)
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, activation: Activation = "gelu") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads: width {dim} is not divisible by {heads} heads")
@@ -74,7 +102,7 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), _activation(activation), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm1(x)
@@ -121,6 +149,7 @@ class WeCLIPDecoder(nn.Module):
         heads: attention heads (8).
         mlp_ratio: transformer MLP hidden size / width (4).
         dropout: 2-D dropout after the fusion (0.1, WeCLIP).
+        activation: the transformer MLP's activation, ``"quick_gelu"`` (WeCLIP) or ``"gelu"``.
 
     Shape:
         - block_tokens: num_blocks x (B, h*w, W)
@@ -138,6 +167,7 @@ class WeCLIPDecoder(nn.Module):
         heads: int = 8,
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
+        activation: Activation = "quick_gelu",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -157,7 +187,8 @@ class WeCLIPDecoder(nn.Module):
         self.heads_list = nn.ModuleList(BlockHead(in_dim, dim) for _ in range(num_blocks))
         self.fuse = nn.Conv2d(dim * num_blocks, dim, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout)
-        self.layers = nn.ModuleList(TransformerLayer(dim, heads, mlp_ratio) for _ in range(layers))
+        self.activation = activation
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, mlp_ratio, activation) for _ in range(layers))
         self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
 
     def forward(self, block_tokens: Sequence[Tensor], grid: tuple[int, int]) -> DecoderOutput:
@@ -191,5 +222,6 @@ class WeCLIPDecoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, in_dim={self.in_dim}, num_blocks={self.num_blocks}, dim={self.dim}, "
-            f"layers={self.layers_count}, heads={self.heads}, mlp_ratio={self.mlp_ratio}, dropout={self.dropout_p}"
+            f"layers={self.layers_count}, heads={self.heads}, mlp_ratio={self.mlp_ratio}, dropout={self.dropout_p}, "
+            f"activation={self.activation!r}"
         )

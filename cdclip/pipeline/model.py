@@ -4,14 +4,15 @@ One :meth:`CDCLIP.training_step` does, for a batch of augmented crops (DESIGN §
 
 1. one frozen CLIP forward giving the per-block patch tokens (decoder input), the attention of
    the last blocks and dense features (affinities), and a differentiable last block (GradCAM);
-2. GradCAM CAMs of the classes present in the **image-level labels** (``batch["labels"]``, never
-   the masks), refined by CDA (attention and class-distribution affinities fused);
-3. pseudo labels: ``[bg; refined CAMs]`` upsampled to the crop, PAR on the crop, argmax; the
-   padding of the crop (``batch["valid"] == False``) is set to the void label 255;
+2. the decoder's logits at 1/16 and its fused features; from ``model.seg_affinity_from`` on (and
+   at validation) their ``sigmoid(FᵀF)`` refines the attention (WeCLIP);
+3. the one :class:`~cdclip.cam.head.CAMHead` shared with ``cdclip cams``: GradCAM of the classes
+   present in ``batch["labels"]`` (from the label files unless a preset reproduces WeCLIP's leak),
+   refinement (CDA or attention), background, PAR on the crop, argmax; with
+   ``data.pad_label="void"`` the crop padding (``batch["valid"] == False``) gets the void label 255;
 4. SBE when a DINO backbone is given and ``λ_be > 0``: super-class prototype CAMs, the boundary
    band and the band-corrected labels;
-5. the decoder's logits at 1/16, bilinearly upsampled to the crop, and the loss
-   ``L = L_seg + λ_aff·L_aff + λ_be·L_be``.
+5. the logits bilinearly upsampled to the crop, and the loss ``L = L_seg + λ_aff·L_aff + λ_be·L_be``.
 
 The backbones stay frozen (eval mode, ``requires_grad=False``); only the decoder learns. Pseudo
 labels are computed without autograd. :meth:`CDCLIP.predict` gives full-resolution logits for
@@ -32,19 +33,16 @@ from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank
 from cdclip.backbones.text import build_text_classifier
-from cdclip.cam.gradcam import clip_gradcam
+from cdclip.cam.head import PseudoLabelOutput
 from cdclip.cam.multiscale import check_labels
-from cdclip.cam.patch_text import patch_text_cam
-from cdclip.cam.refine import CAMRefiner
 from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
 from cdclip.losses.affinity import affinity_loss
 from cdclip.losses.boundary import boundary_enhanced_loss
 from cdclip.losses.segmentation import balanced_cross_entropy
 from cdclip.pipeline import decoder as _decoder  # noqa: F401  (registers "weclip_decoder")
 from cdclip.pipeline.config import LossConfig, ModelConfig, TrainConfig
-from cdclip.pipeline.pseudo_labels import cams_to_labels
+from cdclip.pipeline.pseudo_labels import build_cam_head
 from cdclip.prototypes.superclass import SuperClassPrototypes
-from cdclip.refine.par import PAR
 
 __all__ = ["CDCLIP", "build_model", "dataset_classes", "load_decoder_checkpoint"]
 
@@ -79,6 +77,10 @@ class CDCLIP(nn.Module):
             ``feature_map(images in [0, 1]) -> (B, D', h', w')``); ``None`` switches SBE off.
         decoder: a decoder module ``(block_tokens, grid) -> DecoderOutput``; default: the
             registered ``config.decoder`` sized from the config and the backbone.
+        pad_label: ``"void"`` (crop padding ignored by the losses) or ``"pseudo"`` (padding keeps
+            its pseudo labels and is trained on, WeCLIP).
+        pixel_stats: ``(mean, std)`` the batch images are normalised with (0–1 scale; used to
+            undo the normalisation for DINO); default: the backbone's own.
 
     Shape:
         - batch["image"]: (B, 3, H, W) normalised with CLIP's mean/std, H and W multiples of 16
@@ -96,6 +98,8 @@ class CDCLIP(nn.Module):
         loss: LossConfig | None = None,
         dino: Any = None,
         decoder: nn.Module | None = None,
+        pad_label: str = "void",
+        pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config if config is not None else ModelConfig()
@@ -125,19 +129,11 @@ class CDCLIP(nn.Module):
                 heads=cfg.decoder_heads,
                 mlp_ratio=cfg.decoder_mlp_ratio,
                 dropout=cfg.decoder_dropout,
+                activation=cfg.decoder_activation,
             )
         self.decoder = decoder
-        self.refiner = CAMRefiner(
-            cfg.refine,
-            attn_layers=cfg.attn_layers,
-            logit_scale=cfg.cd_logit_scale,
-            gamma=cfg.gamma,
-            box_threshold=cfg.box_threshold,
-            affinity=cfg.cda_affinity,
-            sigma=cfg.cda_sigma,
-            beta=cfg.cda_beta,
-        )
-        self.par = PAR(dilations=cfg.par_dilations, num_iter=cfg.par_iters) if cfg.par_iters > 0 else None
+        self.head = build_cam_head(cfg)
+        self.pad_label = pad_label
         self.use_sbe = dino is not None and self.loss_config.lambda_be > 0
         self.dino = dino if self.use_sbe else None
         self.sbe = (
@@ -152,8 +148,9 @@ class CDCLIP(nn.Module):
             if self.use_sbe
             else None
         )
-        mean = getattr(backbone, "mean", None)
-        std = getattr(backbone, "std", None)
+        mean, std = pixel_stats if pixel_stats is not None else (None, None)
+        mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else getattr(backbone, "mean", None)
+        std = torch.tensor(std, dtype=torch.float32) if std is not None else getattr(backbone, "std", None)
         mean = (
             mean.detach().float().reshape(1, 3, 1, 1).clone()
             if isinstance(mean, Tensor)
@@ -189,10 +186,17 @@ class CDCLIP(nn.Module):
             device_type=device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled
         )
 
-    def _clip_forward(self, images: Tensor, with_cams: bool) -> Any:
-        attn = self.config.attn_layers if with_cams and self.config.refine != "none" else 0
-        grad = with_cams and self.config.cam == "gradcam"
+    def _clip_forward(self, images: Tensor, with_cams: bool, with_seg_affinity: bool = False) -> Any:
+        attn = self.head.attn_blocks(with_seg_affinity) if with_cams else 0
+        grad = with_cams and self.head.needs_grad
         return self.backbone(images, attn_blocks=attn, grad_last_block=grad, return_block_tokens=True)
+
+    def uses_seg_affinity(self, iteration: int | None, validation: bool = False) -> bool:
+        """Whether WeCLIP's decoder-affinity refinement runs: from ``seg_affinity_from`` and at validation."""
+        start = self.config.seg_affinity_from
+        if start is None:
+            return False
+        return validation or (iteration is not None and iteration >= start)
 
     def _decode(self, output: Any) -> Any:
         tokens = [t.detach() for t in output.block_tokens[: self.num_blocks]]
@@ -210,38 +214,34 @@ class CDCLIP(nn.Module):
     # ------------------------------------------------------------------ pseudo labels
     @torch.no_grad()
     def _pseudo_labels(
-        self, output: Any, cams: Tensor, images: Tensor, present: Tensor, valid: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        cfg = self.config
-        refined = self.refiner(cams, present, output, self.text)
+        self, output: Any, decoded: Any, images: Tensor, present: Tensor, valid: Tensor | None, seg: bool
+    ) -> PseudoLabelOutput:
+        seg_affinity = None
+        if seg:
+            features = decoded.features.detach().float().flatten(2)  # (B, E, N)
+            seg_affinity = torch.sigmoid(features.transpose(1, 2) @ features)
         size = (images.shape[-2], images.shape[-1])
-        pseudo = cams_to_labels(
-            refined, present, size, image=images, par=self.par, bg_alpha=cfg.bg_alpha, par_scale=cfg.par_scale
-        )
-        if valid is not None:
-            pseudo = pseudo.masked_fill(~valid, self.loss_config.ignore_index)
-        return refined, pseudo
+        scale = float(getattr(self.backbone, "logit_scale", 100.0))
+        result = self.head(output, self.text, present, size, image=images, seg_affinity=seg_affinity, logit_scale=scale)
+        if valid is not None and self.pad_label == "void":
+            result.labels = result.labels.masked_fill(~valid, self.loss_config.ignore_index)
+        return result
 
-    def _cams(self, output: Any, present: Tensor) -> Tensor:
-        if self.config.cam == "gradcam":
-            scale = float(getattr(self.backbone, "logit_scale", 100.0))
-            return clip_gradcam(output, self.text, present, scale).detach()
-        return patch_text_cam(output.dense.detach(), self.text, present, output.grid)
-
-    # ------------------------------------------------------------------ training
-    def training_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Losses and pseudo labels of one batch.
-
-        Returns a dict with ``loss`` (the total, differentiable w.r.t. the decoder), ``loss_seg``,
-        ``loss_aff``, ``loss_be`` (detached), ``pseudo_labels`` (B, H, W) int64 and, with SBE,
-        ``corrected_labels`` (B, H, W) and ``band`` (B, H, W) bool.
+    def pseudo_labels(self, batch: Mapping[str, Any], iteration: int | None = None) -> PseudoLabelOutput:
+        """Online pseudo labels of a batch, as in :meth:`training_step` (``iteration=None``: validation).
 
         Shape:
             - batch["image"]: (B, 3, H, W)
-            - batch["labels"]: (B, C)
-            - batch["valid"]: (B, H, W) optional
-            - output["pseudo_labels"]: (B, H, W)
+            - output.labels: (B, H, W)
         """
+        images, present, valid = self._batch(batch)
+        seg = self.uses_seg_affinity(iteration, validation=iteration is None)
+        output = self._clip_forward(images, with_cams=True, with_seg_affinity=seg)
+        decoded = self._decode(output) if seg else None
+        return self._pseudo_labels(output, decoded, images, present, valid, seg)
+
+    # ------------------------------------------------------------------ training
+    def _batch(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
         if not isinstance(batch, Mapping) or "image" not in batch or "labels" not in batch:
             raise ValueError("batch: expected a mapping with 'image' (B, 3, H, W) and 'labels' (B, C)")
         device = self.device
@@ -263,10 +263,30 @@ class CDCLIP(nn.Module):
             valid = valid.to(device).bool()
             if tuple(valid.shape) != (b, height, width):
                 raise ValueError(f"valid: expected shape {(b, height, width)}, got {tuple(valid.shape)}")
+        return images, present, valid
 
-        output = self._clip_forward(images, with_cams=True)
-        cams = self._cams(output, present)
-        refined, pseudo = self._pseudo_labels(output, cams, images, present, valid)
+    def training_step(self, batch: Mapping[str, Any], iteration: int | None = None) -> dict[str, Tensor]:
+        """Losses and pseudo labels of one batch.
+
+        Returns a dict with ``loss`` (the total, differentiable w.r.t. the decoder), ``loss_seg``,
+        ``loss_aff``, ``loss_be`` (detached), ``pseudo_labels`` (B, H, W) int64 and, with SBE,
+        ``corrected_labels`` (B, H, W) and ``band`` (B, H, W) bool. ``iteration`` (0-based; the
+        Trainer passes it) switches WeCLIP's decoder-affinity refinement on from
+        ``model.seg_affinity_from``; without it the refinement stays off.
+
+        Shape:
+            - batch["image"]: (B, 3, H, W)
+            - batch["labels"]: (B, C)
+            - batch["valid"]: (B, H, W) optional
+            - output["pseudo_labels"]: (B, H, W)
+        """
+        images, present, valid = self._batch(batch)
+        height, width = images.shape[-2:]
+        seg = self.uses_seg_affinity(iteration)
+        output = self._clip_forward(images, with_cams=True, with_seg_affinity=seg)
+        decoded = self._decode(output)
+        result = self._pseudo_labels(output, decoded, images, present, valid, seg)
+        refined, pseudo = result.refined, result.labels
 
         sbe_out = None
         if self.sbe is not None:
@@ -275,7 +295,6 @@ class CDCLIP(nn.Module):
                 features = self.dino.feature_map(pixels)
                 sbe_out = self.sbe(refined, present, features, pseudo)
 
-        decoded = self._decode(output)
         logits = F.interpolate(
             decoded.logits.float(), size=(height, width), mode="bilinear", align_corners=False
         )
@@ -381,7 +400,13 @@ def build_model(
     cfg = config.model
     device = torch.device(device if device is not None else config.device)
     if backbone is None:
-        kwargs: dict[str, Any] = {"device": device, "precision": cfg.clip_precision}
+        kwargs: dict[str, Any] = {
+            "device": device,
+            "precision": cfg.clip_precision,
+            "pos_interp": cfg.clip_pos_interp,
+            "pos_fp16": cfg.clip_pos_fp16,
+            "fp16_out_proj": cfg.clip_fp16_out_proj,
+        }
         if cfg.clip_weights is not None:
             kwargs["weights"] = (
                 None if cfg.clip_weights.strip().lower() in ("none", "random") else cfg.clip_weights
@@ -398,5 +423,10 @@ def build_model(
     names = tuple(class_names) if class_names is not None else dataset_classes(config.data.dataset)
     words = tuple(background_words) if background_words is not None else bg_words(cfg.background)
     torch.manual_seed(config.seed)  # the decoder initialisation is part of the run's seed
-    model = CDCLIP(backbone, names, words, cfg, config.loss, dino=dino)
+    from cdclip.data.transforms import normalization_stats
+
+    stats = normalization_stats(config.data.normalize)
+    model = CDCLIP(
+        backbone, names, words, cfg, config.loss, dino=dino, pad_label=config.data.pad_label, pixel_stats=stats
+    )
     return model.to(device)

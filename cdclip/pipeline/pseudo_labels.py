@@ -1,142 +1,111 @@
 """Training-free pseudo labels: CLIP → initial CAMs → MHSA/CDA refinement → PAR → class ids.
 
-DESIGN §3.4: stack ``[bg; M'_c for the present classes]`` with ``bg = (1 − max_c M'_c)^α``,
-upsample to the image, refine with PAR, take the argmax and map channel ``j`` to class id
-(0 = background, ``1..C`` = foreground in label order).
-
-:class:`PseudoLabeler` chains every stage for one image (or a batch of equally sized images) and
-accepts any backbone object with the same duck-typed interface as
+:class:`PseudoLabeler` resizes and normalises the images for CLIP, runs the backbone and hands its
+output to the one :class:`~cdclip.cam.head.CAMHead` that training uses as well (CAMs, refinement,
+background, PAR, argmax). It accepts any backbone object with the same duck-typed interface as
 :class:`~cdclip.backbones.openclip.OpenCLIPBackbone`: ``patch_size``, ``logit_scale``,
 ``preprocess(uint8 images)``, ``encode_text(list[str])`` and
-``__call__(images, attn_blocks=, grad_last_block=)`` returning an object with ``dense``, ``attn``,
-``global_embedding``, ``grid`` (and ``last_block_input`` for GradCAM).
+``__call__(images, attn_blocks=, grad_last_block=)`` returning a
+:class:`~cdclip.backbones.openclip.CLIPOutput`.
+
+Input resize (``resize=``): ``"pil_bicubic"`` resizes the uint8 image with PIL's bicubic filter to
+``(⌈H·s/16⌉·16, ⌈W·s/16⌉·16)`` as CLIP-ES does (the aspect ratio is kept up to the rounding);
+``"bilinear"`` resizes the float tensor (antialiased when shrinking).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank
+from cdclip._checks import check_choice, check_rank
 from cdclip.backbones.text import TextClassifier, build_text_classifier
+from cdclip.cam.head import CAMHead, PseudoLabelOutput
+from cdclip.cam.labels import background_score, cams_to_labels
 from cdclip.cam.multiscale import check_labels, scaled_size
-from cdclip.cam.refine import REFINE_METHODS, CAMRefiner
 from cdclip.data.prompts import DEFAULT_TEMPLATES
 
 __all__ = [
+    "RESIZE_MODES",
     "PseudoLabelOutput",
     "PseudoLabeler",
     "background_score",
+    "build_cam_head",
     "cams_to_labels",
     "resize_for_clip",
 ]
 
-
-def background_score(cams: Tensor, alpha: float = 1.0) -> Tensor:
-    """Background map ``bg = (1 − max_c M_c)^α`` (1 where no class is active).
-
-    Shape:
-        - cams: (B, C, h, w) in [0, 1]
-        - output: (B, 1, h, w)
-    """
-    check_rank(cams, "cams", "B C h w")
-    if alpha <= 0:
-        raise ValueError(f"alpha: expected a positive exponent, got {alpha}")
-    if cams.shape[1] == 0:
-        return cams.new_ones(cams.shape[0], 1, *cams.shape[2:])
-    peak = cams.float().amax(dim=1, keepdim=True).clamp(0.0, 1.0)
-    return (1.0 - peak) ** alpha
+ResizeMode = Literal["pil_bicubic", "bilinear"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
 
-def cams_to_labels(
-    cams: Tensor,
-    labels: Tensor,
-    size: tuple[int, int],
-    image: Tensor | None = None,
-    par: nn.Module | None = None,
-    bg_alpha: float = 1.0,
-    par_scale: float = 1.0,
+def _pil_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
+    from PIL import Image
+
+    out = []
+    for image in images:
+        array = image.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        resized = Image.fromarray(array).resize((size[1], size[0]), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+    return torch.stack(out).to(device=images.device, dtype=torch.float32)
+
+
+def resize_for_clip(
+    images: Tensor, long_side: int | None, multiple: int, mode: ResizeMode = "bilinear"
 ) -> Tensor:
-    """Pseudo labels from (refined) CAMs: ``[bg; present CAMs]`` → upsample → PAR → argmax → ids.
-
-    Args:
-        cams: CAMs in [0, 1] on the patch grid; absent classes are ignored whatever their values.
-        labels: image-level multi-hot labels.
-        size: output size ``(H, W)``.
-        image: the image for PAR (normalised or not, any resolution); needed when ``par`` is set.
-        par: a :class:`~cdclip.refine.par.PAR` (or any ``(image, masks) -> masks`` module); None skips.
-        bg_alpha: exponent α of the background score.
-        par_scale: resolution of the PAR step relative to ``size`` (ToCo and WeCLIP refine at 0.5,
-            which also makes PAR 4x cheaper); the result is upsampled to ``size`` bilinearly.
-
-    Shape:
-        - cams: (B, C, h, w)
-        - labels: (B, C)
-        - image: (B, 3, H', W')
-        - output: (B, H, W) int64, 0 = background, c + 1 = class c
-    """
-    check_rank(cams, "cams", "B C h w")
-    check_floating(cams, "cams")
-    b, c = cams.shape[:2]
-    present = check_labels(labels, b).to(cams.device)
-    if present.shape[1] != c:
-        raise ValueError(f"labels: expected (B, C={c}) for cams {tuple(cams.shape)}, got {tuple(labels.shape)}")
-    idx = torch.nonzero(present.any(dim=0)).flatten()  # classes present somewhere in the batch
-    fg = cams[:, idx].float() * present[:, idx, None, None]
-    stack = torch.cat([background_score(fg, bg_alpha), fg], dim=1)  # (B, 1 + P, h, w)
-    stack = F.interpolate(stack, size=tuple(size), mode="bilinear", align_corners=False)
-    if par is not None and idx.numel() > 0:
-        if image is None:
-            raise ValueError("image: PAR needs the image; pass image= or par=None")
-        if not 0.0 < par_scale <= 1.0:
-            raise ValueError(f"par_scale: expected a fraction in (0, 1], got {par_scale}")
-        if par_scale < 1.0:
-            small = (max(1, round(size[0] * par_scale)), max(1, round(size[1] * par_scale)))
-            stack = F.interpolate(stack, size=small, mode="bilinear", align_corners=False)
-        stack = par(image.to(stack.device).float(), stack)
-        if par_scale < 1.0:
-            stack = F.interpolate(stack, size=tuple(size), mode="bilinear", align_corners=False)
-    # a class absent from this image can never win, even if PAR moved mass into its channel
-    absent = torch.cat([present.new_zeros(b, 1), ~present[:, idx]], dim=1)
-    stack = stack.masked_fill(absent[:, :, None, None], float("-inf"))
-    channel = stack.argmax(dim=1)
-    ids = torch.cat([idx.new_zeros(1), idx + 1]).to(channel.device)
-    return ids[channel]
-
-
-def resize_for_clip(images: Tensor, long_side: int | None, multiple: int) -> Tensor:
     """Resize so the long side is ``long_side`` (None: keep), each side rounded up to ``multiple``.
 
     Shape:
-        - images: (B, 3, H, W) float
-        - output: (B, 3, H', W') with H', W' multiples of ``multiple``
+        - images: (B, 3, H, W) 0–255 values (uint8 or float)
+        - output: (B, 3, H', W') float32 with H', W' multiples of ``multiple``
     """
+    check_choice(mode, "mode", RESIZE_MODES)
     _, _, h, w = images.shape
     scale = 1.0 if not long_side else long_side / max(h, w)
     size = scaled_size(h, w, scale, multiple)
     if size == (h, w):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
+        return images.float()
+    if mode == "pil_bicubic":
+        return _pil_bicubic(images.float(), size)
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
 
 
-@dataclass
-class PseudoLabelOutput:
-    """What :class:`PseudoLabeler` returns for a batch.
+def build_cam_head(config: Any, box_threshold: float | None = None) -> CAMHead:
+    """The :class:`~cdclip.cam.head.CAMHead` a :class:`~cdclip.pipeline.config.ModelConfig` describes.
 
     Shape:
-        - cams: (B, C, h, w)     initial CAMs on the patch grid (absent classes 0)
-        - refined: (B, C, h, w)  refined CAMs
-        - labels: (B, H, W)      pseudo labels at image size, int64 (0 = bg, 1..C)
+        - no tensors: ModelConfig -> CAMHead
     """
+    from cdclip.refine.par import PAR
 
-    cams: Tensor
-    refined: Tensor
-    labels: Tensor
+    cam_kwargs: dict[str, Any] = {"target": config.cam_target} if config.cam == "gradcam" else {}
+    if config.cam_scales != (1.0,) or config.cam_flip:
+        cam_kwargs.update(scales=config.cam_scales, flip=config.cam_flip)
+    par = PAR(dilations=config.par_dilations, num_iter=config.par_iters) if config.par_iters > 0 else None
+    return CAMHead(
+        config.cam,
+        cam_kwargs=cam_kwargs,
+        refine=config.refine,
+        attn_layers=config.attn_layers,
+        cd_logit_scale=config.cd_logit_scale,
+        background_at=config.background_at,
+        bg_alpha=config.bg_alpha,
+        bg_threshold=config.bg_threshold,
+        par=par,
+        par_scale=config.par_scale,
+        seg_affinity_blocks=config.seg_affinity_blocks,
+        gamma=config.gamma,
+        box_threshold=config.box_threshold if box_threshold is None else box_threshold,
+        box_rule=config.box_rule,
+        affinity=config.cda_affinity,
+        sigma=config.cda_sigma,
+        beta=config.cda_beta,
+    )
 
 
 class PseudoLabeler(nn.Module):
@@ -150,16 +119,19 @@ class PseudoLabeler(nn.Module):
             :mod:`cdclip.data.prompts`).
         templates: prompt templates.
         cam: ``"gradcam"``, ``"patch_text"`` or a CAM module with ``forward(backbone, images,
-            labels, text, attn_blocks)``.
+            labels, text, attn_blocks)`` and ``cams_from_output``.
         refine: ``"none"``, ``"attn"``, ``"mean"`` (CDA, default), ``"replace"``, ``"product"``.
         par: PAR module for the final labels; ``None`` skips PAR.
         long_side: the image is resized so that its long side is this (None: native size), sides
             rounded up to the patch size.
+        resize: ``"bilinear"`` or ``"pil_bicubic"`` (CLIP-ES).
         bg_alpha: exponent of the background score.
+        bg_threshold: constant background score (CLIP-ES's evaluation threshold); None: ``(1 − max)^α``.
+        background_at: ``"image"`` (upsample, then background) or ``"patch"``.
         attn_layers: attention blocks averaged for the MHSA affinity (8).
         cd_logit_scale: ``1/τ_cd`` of the CDA class distributions (100).
         prompt_style: how class names become phrases (``"clip_es"``, ``"plain"``, ``"raw"``).
-        **cda_kwargs: :class:`~cdclip.affinity.cda.CDAModule` options (``box_threshold``, ``gamma``...).
+        **cda_kwargs: :class:`~cdclip.affinity.cda.CDAModule` options (``box_threshold``, ``box_rule``...).
 
     Shape:
         - images: (B, 3, H, W) uint8 (or 0–255 float)
@@ -182,30 +154,59 @@ class PseudoLabeler(nn.Module):
         attn_layers: int = 8,
         cd_logit_scale: float = 100.0,
         prompt_style: str = "clip_es",
+        resize: ResizeMode = "bilinear",
+        bg_threshold: float | None = None,
+        background_at: str = "image",
+        pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        head: CAMHead | None = None,
         **cda_kwargs: Any,
     ) -> None:
         super().__init__()
-        if refine not in REFINE_METHODS:
-            raise ValueError(f"refine: expected one of {REFINE_METHODS}, got {refine!r}")
-        if isinstance(cam, str):
-            from cdclip.registry import create
-
-            cam = create(cam)
+        check_choice(resize, "resize", RESIZE_MODES)
         self.backbone = backbone
-        self.cam = cam
-        self.refiner = CAMRefiner(refine, attn_layers=attn_layers, logit_scale=cd_logit_scale, **cda_kwargs)
-        self.par = par
-        self.long_side = long_side
-        self.bg_alpha = float(bg_alpha)
-        self.par_scale = float(par_scale)
-        self.attn_layers = int(attn_layers)
+        self.head = head if head is not None else CAMHead(
+            cam, refine=refine, attn_layers=attn_layers, cd_logit_scale=cd_logit_scale,
+            background_at=background_at, bg_alpha=bg_alpha, bg_threshold=bg_threshold, par=par,
+            par_scale=par_scale, **cda_kwargs,
+        )
+        self.long_side, self.resize = long_side, resize
+        self.pixel_stats = pixel_stats
         self.classifier: TextClassifier = build_text_classifier(
             backbone, class_names, background_words, templates, style=prompt_style
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: Any, class_names: Sequence[str], background_words: Sequence[str], backbone: Any
+    ) -> PseudoLabeler:
+        """The labeler a :class:`~cdclip.pipeline.config.TrainConfig` (a preset) describes.
+
+        Shape:
+            - no tensors: TrainConfig -> PseudoLabeler
+        """
+        from cdclip.data.transforms import normalization_stats
+
+        model = config.model
+        stats = None if config.data.normalize == "clip" else normalization_stats(config.data.normalize)
+        return cls(
+            backbone, class_names, background_words, templates=model.templates, long_side=model.cam_long_side,
+            prompt_style=model.prompt_style, resize=model.cam_resize, pixel_stats=stats, head=build_cam_head(model),
         )
 
     @property
     def num_classes(self) -> int:
         return self.classifier.num_classes
+
+    def _normalize(self, images: Tensor) -> Tensor:
+        if self.pixel_stats is None:
+            return self.backbone.preprocess(images)
+        mean = torch.tensor(self.pixel_stats[0], device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_stats[1], device=images.device).view(1, 3, 1, 1)
+        return (images / 255.0 - mean) / std
+
+    @property
+    def cam(self) -> nn.Module:
+        return self.head.cam
 
     def forward(self, images: Tensor, labels: Tensor) -> PseudoLabelOutput:
         check_rank(images, "images", "B 3 H W")
@@ -218,14 +219,9 @@ class PseudoLabeler(nn.Module):
             )
         device = getattr(self.backbone, "device", torch.device("cpu"))
         pixels = images.to(device).float()
-        x = self.backbone.preprocess(resize_for_clip(pixels, self.long_side, int(self.backbone.patch_size)))
+        resized = resize_for_clip(pixels, self.long_side, int(self.backbone.patch_size), self.resize)
+        x = self._normalize(resized)
         text = self.classifier.embeddings.to(device)
         present = present.to(device)
-        result = self.cam(self.backbone, x, present, text, attn_blocks=self.attn_layers)
-        with torch.no_grad():
-            cams = result.cams.detach()
-            refined = self.refiner(cams, present, result.output, text)
-            pseudo = cams_to_labels(
-                refined, present, (h, w), image=pixels, par=self.par, bg_alpha=self.bg_alpha, par_scale=self.par_scale
-            )
-        return PseudoLabelOutput(cams=cams, refined=refined, labels=pseudo)
+        result = self.cam(self.backbone, x, present, text, attn_blocks=self.head.attn_blocks())
+        return self.head(result.output, text, present, (h, w), image=pixels, cams=result.cams)

@@ -87,22 +87,43 @@ class TrainingTransform:
 
     def __init__(self, data: DataConfig | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:  # fmt: skip
-        from cdclip.data.transforms import CLIP_MEAN, CLIP_STD, train_transform
+        from cdclip.data.transforms import normalization_stats, train_transform
 
         data = data if data is not None else DataConfig()
+        default_mean, default_std = normalization_stats(data.normalize)
         self.transform = train_transform(
-            data.crop_size, data.scale_range, data.flip_prob, mean or CLIP_MEAN, std or CLIP_STD
+            data.crop_size, data.scale_range, data.flip_prob, mean or default_mean, std or default_std,
+            pad_fill=data.pad_fill,
         )
+        self.labels_from_mask = data.labels_from == "mask"
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         from torchvision import tv_tensors
 
         sample = dict(sample)
+        if self.labels_from_mask:
+            sample["labels"] = labels_from_mask(sample["mask"], len(sample["labels"]))
         height, width = sample["image"].shape[-2:]
         sample["valid"] = tv_tensors.Mask(torch.ones(height, width, dtype=torch.uint8))
         out = self.transform(sample)
         out["valid"] = out["valid"] == 1
         return out
+
+
+def labels_from_mask(mask: Any, num_classes: int) -> torch.Tensor:
+    """Image classes read from a ground-truth mask, as WeCLIP does (``np.unique(mask) − 1``).
+
+    This leaks ground truth into weak supervision; it exists only to reproduce WeCLIP.
+
+    Shape:
+        - mask: (H, W) class ids, 255 (and 254) void
+        - output: (C,) float32 multi-hot
+    """
+    values = torch.unique(torch.as_tensor(mask)).long()
+    values = values[(values >= 1) & (values <= num_classes)]
+    labels = torch.zeros(num_classes, dtype=torch.float32)
+    labels[values - 1] = 1.0
+    return labels
 
 
 def build_dataset(data: DataConfig, transform: Any = "train") -> Dataset:
@@ -114,6 +135,13 @@ def build_dataset(data: DataConfig, transform: Any = "train") -> Dataset:
     if data.root is None:
         raise ValueError("data.root: no dataset folder given (set data.root or pass --data-root)")
     tf = TrainingTransform(data) if transform == "train" else transform
+    if data.labels_from == "mask":
+        warnings.warn(
+            "data.labels_from='mask': image classes are read from the ground-truth masks (WeCLIP's label "
+            "leak); use it only to reproduce WeCLIP, never to report weakly supervised results",
+            UserWarning,
+            stacklevel=2,
+        )
     if data.dataset == "voc":
         from cdclip.data.voc import VOCSegmentation
 
@@ -364,11 +392,19 @@ class Trainer:
             f.write(json.dumps(dict(record), sort_keys=False) + "\n")
 
     # ------------------------------------------------------------------ training
+    @property
+    def _step_kwargs(self) -> dict[str, Any]:
+        """``iteration=`` for models whose ``training_step`` takes it (CDCLIP's decoder-affinity switch)."""
+        import inspect
+
+        params = inspect.signature(self.model.training_step).parameters  # type: ignore[operator]
+        return {"iteration": self.iteration} if "iteration" in params else {}
+
     def step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch``; returns the model's outputs (losses detached)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model.training_step(batch)  # type: ignore[operator]
+        out = self.model.training_step(batch, **self._step_kwargs)  # type: ignore[operator]
         loss = out["loss"]
         self.scaler.scale(loss).backward()
         if self.config.optim.grad_clip > 0:
