@@ -20,8 +20,8 @@ from cdclip.data.palette import load_label_png
 from cdclip.data.prompts import background_words
 from cdclip.data.voc import VOCSegmentation
 from cdclip.metrics import ConfusionMatrix
+from cdclip.pipeline.config import apply_overrides, preset
 from cdclip.pipeline.pseudo_labels import PseudoLabeler
-from cdclip.refine.par import PAR
 from cdclip.registry import registry
 
 PREFIX = "oracle-test"
@@ -51,17 +51,18 @@ def oracle(voc_all):
 def test_oracle_reaches_high_miou_and_pngs_score_like_memory(voc_root, voc_all, oracle, tmp_path, refine):
     out = tmp_path / refine
     argv = ["cams", "--voc", str(voc_root), "--split", str(voc_all.split_file), "--out", str(out),
-            "--backbone", f"{PREFIX}:gt", "--cam", "patch_text", "--refine", refine, "--no-overlay"]  # fmt: skip
+            "--backbone", f"{PREFIX}:gt", "--cam", "patch_text", "--refine", refine, "--no-overlay",
+            "--normalize", "clip"]  # fmt: skip  (clip: the backbone's own normalisation, here the oracle's)
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == len(voc_all) == 10
     assert metrics["miou"] >= 0.7, metrics
 
     # the PNGs on disk score exactly like the labels computed in memory by the same pipeline
-    labeler = PseudoLabeler(
-        oracle, voc_all.class_names, background_words("voc"), cam="patch_text",
-        refine="mean" if refine == "cda" else "attn", par=PAR(), long_side=512, box_threshold=0.4,
-    )  # fmt: skip
+    config = apply_overrides(preset("cdclip-voc"), {
+        "model.cam": "patch_text", "model.refine": "mean" if refine == "cda" else "attn", "data.normalize": "clip",
+    })  # fmt: skip
+    labeler = PseudoLabeler.from_config(config, voc_all.class_names, background_words("voc"), oracle)
     from_disk, in_memory = ConfusionMatrix(21), ConfusionMatrix(21)
     for sample in voc_all:
         mask = torch.as_tensor(sample["mask"])

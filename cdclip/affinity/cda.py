@@ -38,6 +38,7 @@ from cdclip._checks import check_choice, check_finite, check_floating, check_ran
 from cdclip.affinity.boxes import BOX_RULES, BoxRule, box_mask
 from cdclip.affinity.transition import transition_matrix
 from cdclip.kernels.js import pairwise_js
+from cdclip.minmax import minmax_normalize
 from cdclip.registry import register
 
 __all__ = [
@@ -197,19 +198,6 @@ class CDAAffinity(nn.Module):
 
 
 # --------------------------------------------------------------------------- refinement
-def minmax_normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Min–max normalise each map to [0, 1]; a constant map becomes 0 (never NaN).
-
-    Shape:
-        - x: (B, C, *)
-        - output: (B, C, *)
-    """
-    flat = x.flatten(2)
-    lo = flat.amin(dim=-1, keepdim=True)
-    hi = flat.amax(dim=-1, keepdim=True)
-    return ((flat - lo) / (hi - lo).clamp_min(eps)).reshape(x.shape)
-
-
 def _check_fusion(fusion: str, gamma: float) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")

@@ -11,7 +11,8 @@ For each present class ``c`` of an image (DESIGN §3.1):
    records, activations and gradients alike) or the tokens entering that block
    (``target="block_in"``);
 3. channel weights ``α_d`` = spatial mean of the gradient; ``CAM = ReLU(Σ_d α_d A_d)``;
-4. min–max normalisation per map; absent classes stay 0.
+4. min–max normalisation per map, ``(x − min) / (1e-7 + max − min)``, twice, as pytorch-grad-cam
+   does for one target layer; absent classes stay 0.
 
 Unlike pytorch-grad-cam (which CLIP-ES vendors) nothing is hard-coded to a 14×14 grid, no numpy
 round trip happens, and ``create_graph=True`` keeps the CAM differentiable. Images are
@@ -125,7 +126,10 @@ def clip_gradcam(
             alpha = grad[:, 1:].float().mean(dim=1, keepdim=True)  # (B, 1, W)
             cam = F.relu((acts * alpha).sum(dim=-1))  # (B, N)
             cams = cams.index_put((rows[valid], index[valid]), cam[valid])
-    cams = minmax_per_map(cams.reshape(b, c, h, w)) * labels.to(cams)[:, :, None, None]
+    # pytorch-grad-cam (CLIP-ES, WeCLIP) normalises each layer's map and again after averaging the
+    # layers; with one layer that is min-max twice, and with its 1e-7 the two differ where GradCAM's
+    # raw range is small (random ViTs: ~1e-5), and at the peak that CLIP-ES's uint8 box rule reads
+    cams = minmax_per_map(minmax_per_map(cams.reshape(b, c, h, w))) * labels.to(cams)[:, :, None, None]
     return cams if create_graph else cams.detach()
 
 

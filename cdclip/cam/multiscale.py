@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdclip._checks import check_rank, check_tensor
+from cdclip.minmax import minmax_normalize as minmax_per_map  # the name before 0.2
 
 __all__ = ["CAMResult", "check_labels", "minmax_per_map", "multiscale_cams", "scaled_size"]
 
@@ -39,19 +40,6 @@ def check_labels(labels: Tensor, batch: int) -> Tensor:
     if labels.shape[0] != batch:
         raise ValueError(f"labels: expected batch size {batch}, got shape {tuple(labels.shape)}")
     return labels > 0
-
-
-def minmax_per_map(x: Tensor, eps: float = 1e-7) -> Tensor:
-    """Min–max normalise each ``(h, w)`` map to [0, 1]; constant maps become 0 (never NaN).
-
-    Shape:
-        - x: (B, C, h, w)
-        - output: (B, C, h, w)
-    """
-    flat = x.flatten(2)
-    lo = flat.amin(dim=-1, keepdim=True)
-    hi = flat.amax(dim=-1, keepdim=True)
-    return ((flat - lo) / (hi - lo).clamp_min(eps)).reshape(x.shape)
 
 
 def scaled_size(height: int, width: int, scale: float, multiple: int) -> tuple[int, int]:

@@ -116,6 +116,8 @@ class ModelConfig:
         par_scale: PAR resolution relative to the crop (1.0; 0.5 is 4× cheaper).
         grouping: SBE super-classes (``voc``, ``coco``, ``identity``, ``fg``).
         seed_threshold, band_kernel, prototype_weighting: SBE options (DESIGN §3.5).
+        sbe_feature_resolution: ``cam`` (DINO features resampled to the CAM grid) or ``native``.
+        sbe_fill_ignored: also relabel ignored pseudo-label pixels inside the band.
         decoder: registered decoder name.
         decoder_dim, decoder_layers, decoder_heads, decoder_mlp_ratio, decoder_dropout: decoder sizes
             (WeCLIP: 256, 3, 8, 4, dropout 0.1 after the fusion).
@@ -162,6 +164,8 @@ class ModelConfig:
     seed_threshold: float = 0.5
     band_kernel: int = 5
     prototype_weighting: str = "mask"
+    sbe_feature_resolution: str = "cam"
+    sbe_fill_ignored: bool = False
     decoder: str = "weclip_decoder"
     decoder_dim: int = 256
     decoder_layers: int = 3
@@ -193,6 +197,7 @@ class ModelConfig:
         _choice(self.cda_affinity, "model.cda_affinity", AFFINITY_CHOICES)
         _choice(self.clip_precision, "model.clip_precision", ("fp32", "fp16", "bf16"))
         _choice(self.prototype_weighting, "model.prototype_weighting", ("mask", "cam"))
+        _choice(self.sbe_feature_resolution, "model.sbe_feature_resolution", ("cam", "native"))
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"model.gamma: expected a weight in [0, 1], got {self.gamma!r}")
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -232,7 +237,8 @@ class DataConfig:
         flip_prob: horizontal flip probability.
         num_workers: DataLoader workers.
         normalize: image statistics for CLIP's input and PAR: ``imagenet`` (WeCLIP: ImageNet
-            mean/std, applied on the 0–255 scale) or ``clip`` (OpenAI CLIP's).
+            mean/std, applied on the 0–255 scale) or ``clip`` (OpenAI CLIP's; in ``cdclip cams``
+            the backbone's own ``preprocess``).
         pad_fill: crop padding colour, ``mean`` (0 after normalisation) or ``black`` (WeCLIP).
         pad_label: ``void`` (padding is ignored by the losses, cdclip) or ``pseudo`` (padding gets
             pseudo labels and is trained on, WeCLIP).
@@ -331,6 +337,7 @@ class LossConfig:
             DINO is then not run).
         aff_radius: affinity-loss radius in patches (8).
         aff_similarity: ``sigmoid`` (WeCLIP) or ``cosine``.
+        be_balanced: balance ``L_be`` between background and foreground pixels like ``L_seg``.
         seg_on_corrected: ``L_seg`` against the SBE-corrected labels instead of the raw pseudo
             labels (False: the band correction only enters through ``L_be``).
         ignore_index: void label (255).
@@ -341,6 +348,7 @@ class LossConfig:
     aff_radius: int = 8
     aff_similarity: str = "sigmoid"
     seg_on_corrected: bool = False
+    be_balanced: bool = True
     ignore_index: int = 255
 
     def __post_init__(self) -> None:

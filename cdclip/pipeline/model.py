@@ -144,6 +144,8 @@ class CDCLIP(nn.Module):
                 band_kernel=cfg.band_kernel,
                 weighting=cfg.prototype_weighting,
                 ignore_index=self.loss_config.ignore_index,
+                feature_resolution=cfg.sbe_feature_resolution,
+                fill_ignored=cfg.sbe_fill_ignored,
             )
             if self.use_sbe
             else None
@@ -308,7 +310,7 @@ class CDCLIP(nn.Module):
         )
         if sbe_out is not None:
             loss_be = boundary_enhanced_loss(
-                logits, sbe_out.corrected_labels, sbe_out.band, ignore_index=lc.ignore_index
+                logits, sbe_out.corrected_labels, sbe_out.band, ignore_index=lc.ignore_index, balanced=lc.be_balanced
             )
         else:
             loss_be = logits.new_zeros(())

@@ -86,7 +86,9 @@ def build_voc_root(src: Path, dst: Path, ids: list[str], split: str = "clipes_re
     for i in ids:
         with Image.open(src / "JPEGImages" / f"{i}.jpg") as im:
             width, height = im.size
-        objects = "".join(f"<object><name>{VOC_CLASSES[c]}</name></object>" for c in np.flatnonzero(labels[i]))
+        objects = "".join(
+            f"<object><name>{VOC_CLASSES[c]}</name></object>" for c in np.flatnonzero(labels[i])
+        )
         (dst / "Annotations" / f"{i}.xml").write_text(
             f"<annotation><filename>{i}.jpg</filename><size><width>{width}</width><height>{height}</height>"
             f"<depth>3</depth></size>{objects}</annotation>\n"
@@ -212,7 +214,7 @@ def record(
             out[f"{i}/cam"] = np.stack([c["cam"] for c in cam_log[calls]])
             out[f"{i}/probs"] = cam_log[calls][0]["probs"]
             out[f"{i}/refined_raw"] = np.stack(refined_log[calls])
-            out[f"{i}/boxes"] = np.concatenate([b[: c] for b, c in boxes]).astype(np.int32)
+            out[f"{i}/boxes"] = np.concatenate([b[:c] for b, c in boxes]).astype(np.int32)
             out[f"{i}/box_counts"] = np.asarray([c for _, c in boxes], dtype=np.int32)
             highres = np.asarray(saved["attn_highres"], dtype=np.float16)
             out[f"{i}/attn_highres"] = highres[:, ::highres_stride, ::highres_stride]
@@ -222,8 +224,10 @@ def record(
             preds: list[np.ndarray] = []
             scores = eval_cam.scores
 
-            def capture(label_trues: Any, label_preds: Any, n_class: int, _scores: Any = scores) -> Any:
-                preds.extend(np.asarray(p, dtype=np.uint8) for p in label_preds)
+            def capture(
+                label_trues: Any, label_preds: Any, n_class: int, _scores: Any = scores, _preds: Any = preds
+            ) -> Any:
+                _preds.extend(np.asarray(p, dtype=np.uint8) for p in label_preds)
                 return _scores(label_trues, label_preds, n_class)
 
             eval_cam.scores = capture
@@ -252,8 +256,12 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, required=True, help="OpenAI-layout ViT-B/16 state dict")
     parser.add_argument("--seed", type=int, default=0, help="seed the weights were made with (recorded)")
     parser.add_argument("--ids", nargs="+", required=True)
-    parser.add_argument("--highres-stride", type=int, default=4,
-                        help="keep attn_highres[:, ::S, ::S] only (1: full maps, ~2 MB for 5 images)")
+    parser.add_argument(
+        "--highres-stride",
+        type=int,
+        default=4,
+        help="keep attn_highres[:, ::S, ::S] only (1: full maps, ~2 MB for 5 images)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -263,8 +271,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.voc_src is not None:
         build_voc_root(args.voc_src, args.voc, args.ids)
-    arrays = record(args.clip_es.resolve(), args.voc.resolve(), args.weights.resolve(), args.ids, args.seed,
-                    args.highres_stride)
+    arrays = record(
+        args.clip_es.resolve(),
+        args.voc.resolve(),
+        args.weights.resolve(),
+        args.ids,
+        args.seed,
+        args.highres_stride,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     per_image = arrays["perform_seconds"]
