@@ -219,6 +219,6 @@ def test_labels_from_mask_reads_the_mask_and_warns():
     pad = out["image"][:, ~out["valid"]]
     expected = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)])[:, None]
     torch.testing.assert_close(pad, expected.expand_as(pad))
-    with pytest.warns(UserWarning, match="label leak"), pytest.raises(Exception):
+    with pytest.warns(UserWarning, match="label leak"), pytest.raises(FileNotFoundError):
         build_dataset(DataConfig(root="/nonexistent", labels_from="mask"))
     assert np.isfinite(out["image"].numpy()).all()
