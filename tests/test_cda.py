@@ -91,7 +91,7 @@ def test_refinement_matches_explicit_formula():
             m = cams[i, j].numpy()
             mask = box_mask(cams[i : i + 1, j : j + 1], 0.5)[0, 0].numpy()
             r = t @ (mask * m).reshape(-1)
-            r = (r - r.min()) / (r.max() - r.min())
+            r = (r - r.min()) / (1e-7 + r.max() - r.min())  # pytorch-grad-cam's min-max (CLIP-ES)
             np.testing.assert_allclose(out[i, j].numpy().reshape(-1), r, atol=1e-10)
 
 
