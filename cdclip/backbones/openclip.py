@@ -30,7 +30,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
+from cdclip.backbones.output import CLIPOutput
 from cdclip.registry import register
 
 __all__ = [
@@ -55,35 +55,6 @@ DEFAULT_NAME = "ViT-B-16@openai"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _FROM_NAME = object()  # sentinel: take the weights from the "@tag" part of the name
-
-
-@dataclass
-class CLIPOutput:
-    """Everything one forward pass of the CLIP image tower yields (float32).
-
-    Shape:
-        - dense: (B, N, D)            last block, after ``ln_post`` and ``proj``, not normalised
-        - global_embedding: (B, D)    mean of ``dense`` over the N patches (CLIP-ES / WeCLIP)
-        - cls_embedding: (B, D)       class token after ``ln_post`` and ``proj`` (= encode_image)
-        - attn: (B, L, N, N)          head-averaged attention of the requested blocks, CLS dropped
-        - block_tokens: L' x (B, N, W) patch tokens after every block (empty unless asked for)
-        - last_block_input: (B, 1 + N, W) tokens entering the last block (GradCAM), or None
-        - last_block_ln1: (B, 1 + N, W) the last block's ``ln_1`` output, or None
-
-    ``grid`` is the patch grid ``(h, w)`` with ``N = h * w``; ``attn_blocks`` the indices of the
-    blocks whose attention is in ``attn``. With ``grad_last_block=True`` the last two fields require
-    grad and ``dense``/``global_embedding`` depend on them, so GradCAM can differentiate.
-    """
-
-    dense: torch.Tensor
-    global_embedding: torch.Tensor
-    cls_embedding: torch.Tensor
-    attn: torch.Tensor
-    block_tokens: tuple[torch.Tensor, ...]
-    grid: tuple[int, int]
-    attn_blocks: tuple[int, ...] = ()
-    last_block_input: torch.Tensor | None = None
-    last_block_ln1: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_choice, check_floating, check_rank
+from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
 from cdclip.cam.slots import class_slots
 from cdclip.registry import register
@@ -73,7 +74,7 @@ def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit
 
 
 def clip_gradcam(
-    output: Any,
+    output: CLIPOutput,
     text: Tensor,
     labels: Tensor,
     logit_scale: float = 100.0,
@@ -166,7 +167,7 @@ class CLIPGradCAM(nn.Module):
         self.logit_scale, self.target = logit_scale, check_target(target)
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
-    def cams_from_output(self, output: Any, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+    def cams_from_output(self, output: CLIPOutput, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
         scale = self.logit_scale if self.logit_scale is not None else (logit_scale or 100.0)
         return clip_gradcam(output, text, labels, scale, self.target)
 
@@ -177,7 +178,7 @@ class CLIPGradCAM(nn.Module):
         check_floating(images, "images")
         scale = self.logit_scale if self.logit_scale is not None else float(getattr(backbone, "logit_scale", 100.0))
 
-        def fn(out: Any) -> Tensor:
+        def fn(out: CLIPOutput) -> Tensor:
             return clip_gradcam(out, text, labels, scale, self.target)
 
         return multiscale_cams(fn, backbone, images, self.scales, self.flip, attn_blocks, needs_grad=True)

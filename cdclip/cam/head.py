@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from cdclip._checks import check_choice
+from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.labels import BACKGROUND_AT, BackgroundAt, cams_to_labels
 from cdclip.cam.refine import REFINE_METHODS, CAMRefiner, decoder_refined_attention
 
@@ -114,7 +115,7 @@ class CAMHead(nn.Module):
 
     def forward(
         self,
-        output: Any,
+        output: CLIPOutput,
         text: Tensor,
         labels: Tensor,
         size: tuple[int, int],
@@ -146,7 +147,7 @@ class CAMHead(nn.Module):
             )
         return PseudoLabelOutput(cams=cams, refined=refined, labels=pseudo)
 
-    def _attention(self, output: Any, seg_affinity: Tensor | None) -> Tensor | None:
+    def _attention(self, output: CLIPOutput, seg_affinity: Tensor | None) -> Tensor | None:
         if seg_affinity is None or self.refiner.method in ("none", "replace"):
             return None
         return decoder_refined_attention(output.attn, seg_affinity.detach(), self.seg_affinity_blocks)

@@ -8,7 +8,6 @@ features are what the MHSA / CDA affinities use.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdclip._checks import check_rank, check_tensor
+from cdclip.backbones.output import CLIPOutput
 from cdclip.minmax import minmax_normalize as minmax_per_map  # the name before 0.2
 
 __all__ = ["CAMResult", "check_labels", "minmax_per_map", "multiscale_cams", "scaled_size"]
@@ -30,7 +30,7 @@ class CAMResult(NamedTuple):
     """
 
     cams: Tensor
-    output: Any
+    output: CLIPOutput
 
 
 def check_labels(labels: Tensor, batch: int) -> Tensor:
@@ -50,25 +50,8 @@ def scaled_size(height: int, width: int, scale: float, multiple: int) -> tuple[i
     )
 
 
-def _detached(output: Any) -> Any:
-    if not dataclasses.is_dataclass(output):
-        return output
-    changes = {}
-    for f in dataclasses.fields(output):
-        v = getattr(output, f.name)
-        if isinstance(v, Tensor):
-            changes[f.name] = v.detach()
-        elif isinstance(v, tuple) and v and isinstance(v[0], Tensor):
-            changes[f.name] = tuple(t.detach() for t in v)
-    if "last_block_input" in changes:
-        changes["last_block_input"] = None
-    if "last_block_ln1" in changes:
-        changes["last_block_ln1"] = None
-    return dataclasses.replace(output, **changes)
-
-
 def multiscale_cams(
-    cam_fn: Callable[[Any], Tensor],
+    cam_fn: Callable[[CLIPOutput], Tensor],
     backbone: Any,
     images: Tensor,
     scales: Sequence[float] = (1.0,),
@@ -125,4 +108,4 @@ def multiscale_cams(
             del out
     assert total is not None
     cams = total if count == 1 else minmax_per_map(total / count)
-    return CAMResult(cams, _detached(base))
+    return CAMResult(cams, base.detached())

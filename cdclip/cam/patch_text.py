@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank
+from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
 from cdclip.registry import register
 
@@ -71,7 +72,7 @@ class PatchTextCAM(nn.Module):
         super().__init__()
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
-    def cams_from_output(self, output: Any, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+    def cams_from_output(self, output: CLIPOutput, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
         return patch_text_cam(output.dense, text, labels, output.grid)
 
     def forward(
@@ -79,7 +80,7 @@ class PatchTextCAM(nn.Module):
     ) -> CAMResult:
         check_rank(images, "images", "B 3 H W")
 
-        def fn(out: Any) -> Tensor:
+        def fn(out: CLIPOutput) -> Tensor:
             return patch_text_cam(out.dense, text, labels, out.grid)
 
         return multiscale_cams(fn, backbone, images, self.scales, self.flip, attn_blocks, needs_grad=False)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank
 from cdclip.affinity.cda import CDAModule, class_probs_from_features
+from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import check_labels
 from cdclip.cam.slots import class_slots, gather_slots, scatter_slots
 
@@ -84,7 +85,7 @@ def decoder_refined_attention(attn: Tensor, seg_affinity: Tensor, blocks: int = 
 def refine_cams(
     cams: Tensor,
     labels: Tensor,
-    output: Any,
+    output: CLIPOutput,
     text: Tensor | None = None,
     method: str = "mean",
     cda: CDAModule | None = None,
@@ -174,7 +175,7 @@ class CAMRefiner(nn.Module):
         self.cda = CDAModule(fusion=fusion, **cda_kwargs)  # type: ignore[arg-type]
 
     def forward(
-        self, cams: Tensor, labels: Tensor, output: Any, text: Tensor | None = None, attention: Tensor | None = None
+        self, cams: Tensor, labels: Tensor, output: CLIPOutput, text: Tensor | None = None, attention: Tensor | None = None
     ) -> Tensor:
         return refine_cams(
             cams, labels, output, text, self.method, self.cda, self.attn_layers, self.logit_scale, attention

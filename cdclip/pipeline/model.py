@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank
+from cdclip.backbones.output import CLIPOutput
 from cdclip.backbones.text import build_text_classifier
 from cdclip.cam.head import PseudoLabelOutput
 from cdclip.cam.multiscale import check_labels
@@ -39,8 +40,8 @@ from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
 from cdclip.losses.affinity import affinity_loss
 from cdclip.losses.boundary import boundary_enhanced_loss
 from cdclip.losses.segmentation import balanced_cross_entropy
-from cdclip.pipeline import decoder as _decoder  # noqa: F401  (registers "weclip_decoder")
 from cdclip.pipeline.config import LossConfig, ModelConfig, TrainConfig
+from cdclip.pipeline.decoder import DecoderOutput  # also registers "weclip_decoder"
 from cdclip.pipeline.pseudo_labels import build_cam_head
 from cdclip.prototypes.superclass import SuperClassPrototypes
 
@@ -188,7 +189,7 @@ class CDCLIP(nn.Module):
             device_type=device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled
         )
 
-    def _clip_forward(self, images: Tensor, with_cams: bool, with_seg_affinity: bool = False) -> Any:
+    def _clip_forward(self, images: Tensor, with_cams: bool, with_seg_affinity: bool = False) -> CLIPOutput:
         attn = self.head.attn_blocks(with_seg_affinity) if with_cams else 0
         grad = with_cams and self.head.needs_grad
         return self.backbone(images, attn_blocks=attn, grad_last_block=grad, return_block_tokens=True)
@@ -200,7 +201,7 @@ class CDCLIP(nn.Module):
             return False
         return validation or (iteration is not None and iteration >= start)
 
-    def _decode(self, output: Any) -> Any:
+    def _decode(self, output: CLIPOutput) -> DecoderOutput:
         tokens = [t.detach() for t in output.block_tokens[: self.num_blocks]]
         if len(tokens) < self.num_blocks:
             raise RuntimeError(
@@ -216,7 +217,13 @@ class CDCLIP(nn.Module):
     # ------------------------------------------------------------------ pseudo labels
     @torch.no_grad()
     def _pseudo_labels(
-        self, output: Any, decoded: Any, images: Tensor, present: Tensor, valid: Tensor | None, seg: bool
+        self,
+        output: CLIPOutput,
+        decoded: DecoderOutput | None,
+        images: Tensor,
+        present: Tensor,
+        valid: Tensor | None,
+        seg: bool,
     ) -> PseudoLabelOutput:
         seg_affinity = None
         if seg:
