@@ -68,14 +68,13 @@ def clear_text_cache() -> None:
 
 
 def _embed(model: TextEncoder, phrases: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """One batched text-tower call for every phrase × template, averaged over the templates."""
     if not phrases:
         return torch.zeros(0, 0)
-    rows = []
-    for phrase in phrases:
-        emb = model.encode_text(format_prompts(phrase, templates)).float()
-        emb = F.normalize(emb, dim=-1).mean(dim=0)
-        rows.append(F.normalize(emb, dim=-1))
-    return torch.stack(rows)
+    prompts = [p for phrase in phrases for p in format_prompts(phrase, templates)]
+    emb = F.normalize(model.encode_text(prompts).float(), dim=-1)
+    emb = emb.reshape(len(phrases), len(prompts) // len(phrases), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
 
 
 def build_text_classifier(
