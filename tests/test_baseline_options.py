@@ -152,6 +152,7 @@ def test_weclip_preset_reproduces_its_quirks_and_cdclip_drops_the_leak():
     weclip, ours = load_preset("weclip-voc"), load_preset("cdclip-voc")
     assert weclip.data.labels_from == "mask" and ours.data.labels_from == "file"
     assert weclip.model.clip_fp16_out_proj and not ours.model.clip_fp16_out_proj
+    assert weclip.model.decoder_fp16_out_proj and not ours.model.decoder_fp16_out_proj
     assert (weclip.data.pad_fill, weclip.data.pad_label) == ("black", "pseudo")
     assert weclip.model.box_rule == "clip-es" and ours.model.box_rule == "inclusive"
     assert weclip.model.refine == "attn" and ours.model.refine == "mean"
@@ -195,6 +196,11 @@ def test_decoder_activation_option():
     torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
     with pytest.raises(ValueError, match="activation: expected one of"):
         WeCLIPDecoder(21, in_dim=32, num_blocks=2, dim=16, layers=1, heads=2, activation="relu")
+    half = WeCLIPDecoder(21, in_dim=32, num_blocks=2, dim=16, layers=1, heads=2, fp16_out_proj=True).eval()
+    half.load_state_dict(quick.state_dict())
+    tokens = [torch.randn(1, 12, 32) for _ in range(2)]
+    a, b = quick.eval()(tokens, (3, 4)).logits, half(tokens, (3, 4)).logits
+    assert 0 < float((a - b).abs().max()) < 1e-2  # only the out-projection's float16 rounding differs
 
 
 def test_labels_from_mask_reads_the_mask_and_warns():

@@ -26,7 +26,6 @@ local file; it never retries.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from torch import nn
 
 from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
+from cdclip.backbones.fp16_attention import self_attention_fp16_out
 from cdclip.backbones.output import CLIPOutput
 from cdclip.registry import register
 
@@ -109,30 +109,6 @@ def interpolate_pos_embed(
     return out.half().to(pos_embed.dtype) if fp16 else out
 
 
-def _attention_fp16_out(
-    attn: nn.MultiheadAttention, h: torch.Tensor, need_weights: bool, attn_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Multi-head self-attention whose out-projection runs in float16 (WeCLIP's attention).
-
-    Shape:
-        - h: (B, T, W) batch-first
-        - output: (B, T, W) in ``h``'s dtype, head-averaged weights (B, T, T) or None
-    """
-    b, t, width = h.shape
-    heads = attn.num_heads
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (z.reshape(b, t, heads, width // heads).transpose(1, 2) for z in (q, k, v))
-    scores = (q / math.sqrt(width // heads)) @ k.transpose(-2, -1)
-    if attn_mask is not None:
-        scores = scores + attn_mask.to(scores.dtype)
-    probs = scores.softmax(dim=-1)
-    context = (probs @ v).transpose(1, 2).reshape(b, t, width)
-    out_proj = attn.out_proj
-    bias = out_proj.bias.half() if out_proj.bias is not None else None
-    out = F.linear(context.half(), out_proj.weight.half(), bias).to(h.dtype)
-    return out, (probs.mean(dim=1) if need_weights else None)
-
-
 def block_forward(
     block: nn.Module,
     x: torch.Tensor,
@@ -159,7 +135,7 @@ def block_forward(
         )
     h = block.ln_1(x)
     if fp16_out_proj:
-        out, weights = _attention_fp16_out(attn, h, need_weights, attn_mask)
+        out, weights = self_attention_fp16_out(attn, h, need_weights, attn_mask)
     else:
         q = h if attn.batch_first else h.transpose(0, 1)
         out, weights = attn(

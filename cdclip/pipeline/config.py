@@ -124,6 +124,7 @@ class ModelConfig:
         decoder_blocks: CLIP blocks fed to the decoder (``None``: all but the last, i.e. blocks
             1–11 of ViT-B/16).
         decoder_activation: the decoder transformer's MLP activation (``quick_gelu``: WeCLIP; ``gelu``).
+        decoder_fp16_out_proj: the decoder transformer's attention out-projections in float16 (WeCLIP).
     """
 
     clip: str = "openclip:ViT-B-16@openai"
@@ -174,6 +175,7 @@ class ModelConfig:
     decoder_dropout: float = 0.1
     decoder_blocks: int | None = None
     decoder_activation: str = "quick_gelu"
+    decoder_fp16_out_proj: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.cam, "model.cam", CAM_CHOICES)

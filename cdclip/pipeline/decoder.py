@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_choice, check_rank, check_tensor
+from cdclip.backbones.fp16_attention import self_attention_fp16_out
 from cdclip.registry import register
 
 __all__ = [
@@ -94,8 +95,11 @@ class TransformerLayer(nn.Module):
         - output: (B, N, E)
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, activation: Activation = "gelu") -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 4.0, activation: Activation = "gelu", fp16_out_proj: bool = False
+    ) -> None:
         super().__init__()
+        self.fp16_out_proj = bool(fp16_out_proj)
         if dim % heads:
             raise ValueError(f"heads: width {dim} is not divisible by {heads} heads")
         hidden = round(dim * mlp_ratio)
@@ -106,7 +110,10 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        if self.fp16_out_proj:
+            x = x + self_attention_fp16_out(self.attn, h, False, None)[0]
+        else:
+            x = x + self.attn(h, h, h, need_weights=False)[0]
         return x + self.mlp(self.norm2(x))
 
 
@@ -150,6 +157,7 @@ class WeCLIPDecoder(nn.Module):
         mlp_ratio: transformer MLP hidden size / width (4).
         dropout: 2-D dropout after the fusion (0.1, WeCLIP).
         activation: the transformer MLP's activation, ``"quick_gelu"`` (WeCLIP) or ``"gelu"``.
+        fp16_out_proj: the transformer's attention out-projections in float16 (WeCLIP).
 
     Shape:
         - block_tokens: num_blocks x (B, h*w, W)
@@ -168,6 +176,7 @@ class WeCLIPDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         activation: Activation = "quick_gelu",
+        fp16_out_proj: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -188,7 +197,10 @@ class WeCLIPDecoder(nn.Module):
         self.fuse = nn.Conv2d(dim * num_blocks, dim, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout)
         self.activation = activation
-        self.layers = nn.ModuleList(TransformerLayer(dim, heads, mlp_ratio, activation) for _ in range(layers))
+        self.fp16_out_proj = bool(fp16_out_proj)
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, heads, mlp_ratio, activation, fp16_out_proj) for _ in range(layers)
+        )
         self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
 
     def forward(self, block_tokens: Sequence[Tensor], grid: tuple[int, int]) -> DecoderOutput:
@@ -223,5 +235,5 @@ class WeCLIPDecoder(nn.Module):
         return (
             f"num_classes={self.num_classes}, in_dim={self.in_dim}, num_blocks={self.num_blocks}, dim={self.dim}, "
             f"layers={self.layers_count}, heads={self.heads}, mlp_ratio={self.mlp_ratio}, dropout={self.dropout_p}, "
-            f"activation={self.activation!r}"
+            f"activation={self.activation!r}, fp16_out_proj={self.fp16_out_proj}"
         )

@@ -131,6 +131,7 @@ class CDCLIP(nn.Module):
                 mlp_ratio=cfg.decoder_mlp_ratio,
                 dropout=cfg.decoder_dropout,
                 activation=cfg.decoder_activation,
+                fp16_out_proj=cfg.decoder_fp16_out_proj,
             )
         self.decoder = decoder
         self.head = build_cam_head(cfg)

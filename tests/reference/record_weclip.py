@@ -61,7 +61,10 @@ classes, grid 20×20): ``names (N,)``, ``crops_png (N,)`` object-free: ``crops_p
 ``P cams (N, C, 20, 20)`` (GradCAM, absent classes 0), ``P refined_off``/``P refined_on``
 ``(N, C, 20, 20)``, ``P labels_off``/``P labels_on (N, 320, 320) uint8``, ``P seg (N, 21, 20,
 20)``, ``P attn_pred_rows (N, R, 400)`` for the rows ``attn_pred_row_ids (R,)``, ``P kept_blocks_on
-(N, 6)`` (blocks 7–12), ``P loss_seg_off/on``, ``P loss_aff_off/on (N,)``.
+(N, 6)`` (blocks 7–12, WeCLIP's float32 choice), ``P kept_blocks_on_f64 (N, 6)`` and
+``P kept_margin_on_f64 (N,)`` (the same rule summed in float64, and its margin: see
+:func:`kept_blocks`), ``P loss_seg_off/on``, ``P loss_aff_off/on (N,)`` (NaN where WeCLIP's
+``get_seg_loss`` averages an empty background or foreground part), ``meta_json``.
 """
 
 from __future__ import annotations
@@ -123,12 +126,13 @@ def _stub(name: str) -> None:
                 setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], sys.modules[sub])
 
 
-def patch_process(weclip: Path) -> None:
-    """CPU-only, numpy-2 process for WeCLIP's modules (see the module docstring, step 1)."""
+def patch_process(weclip: Path, cpu: bool = True) -> None:
+    """CPU-only (``cpu=True``), numpy-2 process for WeCLIP's modules (module docstring, step 1)."""
     import torchvision  # noqa: F401  (imported before the stand-ins exist: torch._dynamo scans modules)
 
-    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
-    nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    if cpu:
+        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     try:
         import numpy.lib.utils  # noqa: F401
     except ImportError:
@@ -233,9 +237,13 @@ def rebuild_input(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torc
 
 # ----------------------------------------------------------------------------- model
 def build_weclip(weights: Path, voc: Path, precision: str, decoder_seed: int = DECODER_SEED) -> nn.Module:
-    """WeCLIP's model with the random CLIP and the seeded decoder (module docstring, step 3)."""
+    """WeCLIP's model with the random CLIP and the seeded decoder (module docstring, step 3).
+
+    ``precision``: ``"fp32"`` (CPU path), ``"fp16"`` (CUDA dtypes on the CPU) or ``"cuda"`` (a real
+    CUDA device, as WeCLIP trains; needs ``patch_process(cpu=False)``).
+    """
     mod = importlib.import_module("WeCLIP_model.model_attn_aff_voc")
-    device = {"fp32": "cpu", "fp16": "cpu:0"}[precision]
+    device = {"fp32": "cpu", "fp16": "cpu:0", "cuda": "cuda"}[precision]
     with contextlib.redirect_stdout(io.StringIO()):  # it prints every parameter name
         model = mod.WeCLIP(
             num_classes=21, clip_model=str(weights), embedding_dim=256, in_channels=[768] * 4,
@@ -337,19 +345,28 @@ class Recorder:
         self.att.F = functional  # only myAtt's own F.linear calls (the out-projection) are observed
 
 
-def kept_blocks(attn_blocks: torch.Tensor, attn_last: torch.Tensor, seg_attn: torch.Tensor) -> np.ndarray:
+def kept_blocks(
+    attn_blocks: torch.Tensor,
+    attn_last: torch.Tensor,
+    seg_attn: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[np.ndarray, float]:
     """Blocks 7–12 kept by WeCLIP's decoder-affinity rule, recomputed here for the record.
 
     ``sum(seg_attn − A_k) <= mean_k sum(seg_attn − A_k)`` over the head-averaged attention
-    ``A_k`` (CLS row and column dropped) of the last 6 blocks.
+    ``A_k`` (CLS row and column dropped) of the last 6 blocks, summed in ``dtype`` (WeCLIP: float32,
+    checked against the affinity it hands to ``compute_trans_mat``). Also returns the margin
+    ``min_k |sum_k − mean|``: the sums are ~1e5 (float32 spacing 0.0078 there) while they differ
+    between blocks only by the patches' attention to the CLS token (``sum(seg_attn)`` is common to
+    all), so a margin below ~0.01 means float32 rounding decides the choice.
 
     Shape:
         - attn_blocks: (11, T, T) blocks 1-11; attn_last: (1, T, T); seg_attn: (N, N)
-        - output: (6,) bool
+        - output: (6,) bool, float
     """
-    attn = torch.cat([attn_blocks, attn_last], dim=0)[:, 1:, 1:][-6:].float()
-    diff = (seg_attn[None].float() - attn).flatten(1).sum(dim=1)
-    return (diff <= diff.mean()).numpy()
+    attn = torch.cat([attn_blocks, attn_last], dim=0)[:, 1:, 1:][-6:].to(dtype)
+    diff = (seg_attn[None].to(dtype) - attn).flatten(1).sum(dim=1)
+    return (diff <= diff.mean()).numpy(), float((diff - diff.mean()).abs().min())
 
 
 def seg_losses(
@@ -390,6 +407,8 @@ def run_precision(args: argparse.Namespace, crops: dict, precision: str, script:
         "seg": np.zeros((n, 21, 20, 20), np.float32),
         "attn_pred_rows": np.zeros((n, len(ATTN_ROWS), 400), np.float32),
         "kept_blocks_on": np.zeros((n, 6), bool),
+        "kept_blocks_on_f64": np.zeros((n, 6), bool),
+        "kept_margin_on_f64": np.zeros(n, np.float64),
         "loss_seg_off": np.zeros(n, np.float64),
         "loss_seg_on": np.zeros(n, np.float64),
         "loss_aff_off": np.zeros(n, np.float64),
@@ -420,8 +439,12 @@ def run_precision(args: argparse.Namespace, crops: dict, precision: str, script:
             out[f"loss_aff_{mode}"][i] = float(aff_loss.detach())
             if mode == "on":
                 seg_attn = attn_pred[0].detach()
-                kept = kept_blocks(rec.attn_blocks[0][:, 0], rec.attn_last[0], seg_attn)
+                kept, _ = kept_blocks(rec.attn_blocks[0][:, 0], rec.attn_last[0], seg_attn)
                 out["kept_blocks_on"][i] = kept
+                kept64, margin = kept_blocks(
+                    rec.attn_blocks[0][:, 0], rec.attn_last[0], seg_attn, torch.float64
+                )
+                out["kept_blocks_on_f64"][i], out["kept_margin_on_f64"][i] = kept64, margin
                 attn = torch.cat([rec.attn_blocks[0][:, 0], rec.attn_last[0]])[:, 1:, 1:][-6:].float()
                 mask = torch.from_numpy(kept).float().view(-1, 1, 1)
                 expect = (mask * attn).sum(0) / (mask.sum(0) + 1e-5) * seg_attn
