@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import record_weclip  # noqa: E402
+import record_weclip
 
 
 def main() -> None:
