@@ -101,9 +101,7 @@ def test_online_pseudo_labels_equal_weclips_given_its_text_classifier(reference,
 
 @pytest.mark.parametrize("mode, iteration", [("off", 0), ("on", 15000)])
 def test_online_pseudo_labels_end_to_end_with_cdclips_text(reference, model, mode, iteration):
-    """The whole path. cdclip's float16-out-projection text tower differs from WeCLIP's by 5.6e-5,
-    which GradCAM on random weights amplifies (CAMs within 0.026); this pins today's agreement:
-    one crop of ten (2011_000025) is at 99.8 %, short of the 99.9 % target."""
+    """The whole path, cdclip's own text classifier included (one text-tower call per class, as
+    WeCLIP encodes: with float16 out-projections a batch of all prompts rounds differently)."""
     agree = _agreement(reference, model, mode, iteration)
-    assert sum(agree) / len(agree) >= 0.9995 and min(agree) >= 0.997, agree
-    assert sorted(agree)[1] >= 0.999  # every crop but the worst one meets the target
+    assert min(agree) >= 0.999, dict(zip(reference["names"].tolist(), agree, strict=True))

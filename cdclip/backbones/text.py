@@ -68,13 +68,19 @@ def clear_text_cache() -> None:
 
 
 def _embed(model: TextEncoder, phrases: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """One batched text-tower call for every phrase × template, averaged over the templates."""
+    """One text-tower call per phrase (its templates batched), averaged over the templates.
+
+    One call per phrase, as CLIP-ES and WeCLIP encode: the CPU's rounding depends on the batch, and
+    with float16 out-projections a batch of all phrases moves the embeddings by ~6e-5, enough to
+    move GradCAM on random weights by 0.03.
+    """
     if not phrases:
         return torch.zeros(0, 0)
-    prompts = [p for phrase in phrases for p in format_prompts(phrase, templates)]
-    emb = F.normalize(model.encode_text(prompts).float(), dim=-1)
-    emb = emb.reshape(len(phrases), len(prompts) // len(phrases), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1)
+    rows = []
+    for phrase in phrases:
+        emb = F.normalize(model.encode_text(format_prompts(phrase, templates)).float(), dim=-1).mean(dim=0)
+        rows.append(F.normalize(emb, dim=-1))
+    return torch.stack(rows)
 
 
 def build_text_classifier(
