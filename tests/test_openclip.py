@@ -165,3 +165,14 @@ def test_registry_builds_random_vit_b16_matching_encode_image():
         ref = backbone.model.encode_image(images)
     torch.testing.assert_close(out.cls_embedding, ref, atol=1e-4, rtol=1e-4)
     assert out.attn.shape == (1, 8, 196, 196) and out.dense.shape == (1, 196, 512)
+
+
+def test_fp16_out_proj_text_tower_runs_in_a_float16_model():
+    """open_clip's fp16 precision keeps the token embedding float32: the text path casts like open_clip."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = create_openclip("ViT-B-32", weights=None, precision="fp16", fp16_out_proj=True)
+    emb = half.encode_text(["a cat", "a dog"])
+    assert emb.shape == (2, half.embed_dim) and emb.dtype == torch.float32 and bool(torch.isfinite(emb).all())

@@ -4,7 +4,7 @@
 matrix close to doubly stochastic so that no patch dominates the propagation), symmetrise
 ``(A + Aᵀ) / 2``, then raise to a power (``A·A`` by default: two random-walk steps).
 Always computed in float32 or higher: in float16 the column sums of a 1024×1024 attention map
-underflow and the normalisation divides by zero (WeCLIP runs this step in fp16).
+underflow and the normalisation divides by zero.
 """
 
 from __future__ import annotations

@@ -400,7 +400,8 @@ class OpenCLIPBackbone(nn.Module):
         model = self.model
         if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(model, "token_embedding"):
             raise TypeError("fp16_out_proj: only CLIP text towers with argmax (EOT) pooling are supported")
-        dtype = model.token_embedding.weight.dtype
+        transformer = model.transformer
+        dtype = transformer.get_cast_dtype() if hasattr(transformer, "get_cast_dtype") else model.token_embedding.weight.dtype
         x = model.token_embedding(tokens).to(dtype) + model.positional_embedding.to(dtype)
         mask = model.attn_mask
         for block in model.transformer.resblocks:
