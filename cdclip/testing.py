@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["random_clip_state_dict", "save_random_clip"]
+__all__ = ["random_clip_backbone", "random_clip_state_dict", "save_random_clip"]
 
 
 def _std(key: str, shape: torch.Size) -> float:
@@ -93,3 +94,21 @@ def save_random_clip(path: str | os.PathLike[str], model: str = "ViT-B-16", seed
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def random_clip_backbone(model: str = "ViT-B-16", seed: int = 0, **backbone_kwargs: Any) -> Any:
+    """An :class:`~cdclip.backbones.openclip.OpenCLIPBackbone` holding :func:`random_clip_state_dict`.
+
+    The open_clip model is built with QuickGELU, as OpenAI's layout (and CLIP-ES / WeCLIP) expects;
+    ``backbone_kwargs`` go to the backbone (``pos_interp``, ``pos_fp16``, ``fp16_out_proj``).
+
+    Shape:
+        - no tensors: -> OpenCLIPBackbone
+    """
+    import open_clip
+
+    from cdclip.backbones.openclip import OpenCLIPBackbone
+
+    clip = open_clip.create_model(model, pretrained=None, force_quick_gelu=True)
+    clip.load_state_dict(random_clip_state_dict(model, seed), strict=False)
+    return OpenCLIPBackbone(clip, name=model, **backbone_kwargs)

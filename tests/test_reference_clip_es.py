@@ -37,15 +37,12 @@ def reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def backbone(reference):
-    import open_clip
+    from cdclip.testing import random_clip_backbone
 
-    from cdclip.backbones.openclip import OpenCLIPBackbone
-    from cdclip.testing import random_clip_state_dict
-
-    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    model.load_state_dict(random_clip_state_dict("ViT-B-16", seed=int(reference["seed"])), strict=False)
     cfg = preset("clip-es").model
-    return OpenCLIPBackbone(model, name="ViT-B-16", pos_interp=cfg.clip_pos_interp, pos_fp16=cfg.clip_pos_fp16)
+    return random_clip_backbone(
+        "ViT-B-16", int(reference["seed"]), pos_interp=cfg.clip_pos_interp, pos_fp16=cfg.clip_pos_fp16
+    )
 
 
 @pytest.fixture(scope="module")

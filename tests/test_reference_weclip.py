@@ -39,22 +39,16 @@ def reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model(reference) -> CDCLIP:
-    import open_clip
-
-    from cdclip.backbones.openclip import OpenCLIPBackbone
     from cdclip.data.classnames import VOC_CLASSES
     from cdclip.data.prompts import background_words
     from cdclip.data.transforms import normalization_stats
-    from cdclip.testing import random_clip_state_dict
+    from cdclip.testing import random_clip_backbone
 
     config = load_preset("weclip-voc")
     cfg = config.model
-    clip = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    clip.load_state_dict(random_clip_state_dict("ViT-B-16", seed=0), strict=False)
-    backbone = OpenCLIPBackbone(
-        clip, name="ViT-B-16", pos_interp=cfg.clip_pos_interp, pos_fp16=cfg.clip_pos_fp16,
-        fp16_out_proj=cfg.clip_fp16_out_proj,
-    )  # fmt: skip
+    backbone = random_clip_backbone(
+        "ViT-B-16", 0, pos_interp=cfg.clip_pos_interp, pos_fp16=cfg.clip_pos_fp16, fp16_out_proj=cfg.clip_fp16_out_proj
+    )
     net = CDCLIP(
         backbone, VOC_CLASSES, background_words(cfg.background), cfg, config.loss,
         pad_label=config.data.pad_label, pixel_stats=normalization_stats(config.data.normalize),
