@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -392,19 +393,20 @@ class Trainer:
             f.write(json.dumps(dict(record), sort_keys=False) + "\n")
 
     # ------------------------------------------------------------------ training
-    @property
-    def _step_kwargs(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _passes_iteration(self) -> bool:
         """``iteration=`` for models whose ``training_step`` takes it (CDCLIP's decoder-affinity switch)."""
         import inspect
 
         params = inspect.signature(self.model.training_step).parameters  # type: ignore[operator]
-        return {"iteration": self.iteration} if "iteration" in params else {}
+        return "iteration" in params
 
     def step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch``; returns the model's outputs (losses detached)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model.training_step(batch, **self._step_kwargs)  # type: ignore[operator]
+        kwargs = {"iteration": self.iteration} if self._passes_iteration else {}
+        out = self.model.training_step(batch, **kwargs)  # type: ignore[operator]
         loss = out["loss"]
         self.scaler.scale(loss).backward()
         if self.config.optim.grad_clip > 0:
