@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "COCOSegmentation": "cdclip.data.coco",
     "coco_semantic_mask": "cdclip.data.coco",
     "coco_labels": "cdclip.data.coco",
+    "ImageFolder": "cdclip.data.folder",
     "DataFileError": "cdclip.data._io",
     "MissingFilesError": "cdclip.data._io",
     "read_image": "cdclip.data._io",
@@ -62,6 +63,7 @@ __all__ = [
     "VOC_CLASSES_WITH_BG",
     "COCOSegmentation",
     "DataFileError",
+    "ImageFolder",
     "MissingFilesError",
     "RandomRescale",
     "VOCSegmentation",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
         class_names,
     )
     from cdclip.data.coco import COCOSegmentation, coco_labels, coco_semantic_mask
+    from cdclip.data.folder import ImageFolder
     from cdclip.data.palette import (
         coco_palette,
         colorize,

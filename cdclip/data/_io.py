@@ -9,6 +9,7 @@ shared by VOC and COCO: bad samples are skipped, counted and listed in ``dataset
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -65,8 +66,33 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
-def _decode_torchvision(path: Path) -> torch.Tensor | None:
-    """(3, H, W) uint8 via torchvision.io, or None when unavailable or it cannot decode the file."""
+# PIL modes of 16-bit grey images (PNG "I;16", TIFF "I;16B", ...): scaled to 8 bit as v >> 8
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_EXIF_ORIENTATION = 0x0112
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor | None:
+    """8-bit pixels: uint8 as is, uint16 as ``v >> 8`` (PIL's own 16 → 8 bit rule); None otherwise.
+
+    Shape:
+        - image: (3, H, W) uint8 or uint16
+        - output: (3, H, W) uint8
+    """
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:  # torch has no shifts for uint16: go through int32
+        return (image.to(torch.int32) >> 8).to(torch.uint8)
+    return None
+
+
+def _decode_torchvision(path: Path, exif: bool = True) -> torch.Tensor | None:
+    """(3, H, W) uint8 via torchvision.io, or None when unavailable or it cannot decode the file.
+
+    EXIF orientation is applied with ``exif`` (``apply_exif_orientation``: the same pixels as PIL's
+    ``ImageOps.exif_transpose`` and free) and 16-bit PNGs, which torchvision returns as uint16,
+    are scaled to 8 bit; anything else unexpected (an animated GIF, another dtype) returns None so
+    that PIL decides.
+    """
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work and
@@ -74,26 +100,62 @@ def _decode_torchvision(path: Path) -> torch.Tensor | None:
             warnings.simplefilter("ignore", DeprecationWarning)
             from torchvision.io import ImageReadMode, decode_image, read_file
 
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (ImportError, AttributeError, RuntimeError, ValueError):
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=exif)
+    except (ImportError, AttributeError, RuntimeError, ValueError, TypeError):
         return None
+    if image.ndim != 3 or image.shape[0] != 3:
+        return None
+    return _to_uint8(image)
 
 
-def _decode_pil(path: Path) -> torch.Tensor:
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _pil_rgb(pil: Image.Image, exif: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 of an open PIL image: EXIF orientation applied, 16-bit scaled, alpha dropped.
+
+    ``convert("RGB")`` alone is wrong for 16-bit grey (mode ``I;16``/``I``): PIL clips every value
+    above 255 to white. Palette, grey, grey + alpha, RGBA and CMYK go through ``convert("RGB")``
+    (alpha is dropped, the stored colour is kept, as torchvision's RGB mode does).
+    """
+    if exif and pil.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        pil = ImageOps.exif_transpose(pil)
+    if pil.mode in _PIL_16BIT:
+        return _grey_to_rgb((np.asarray(pil).astype(np.uint16) >> 8).astype(np.uint8))
+    if pil.mode == "I":  # 32-bit int: PIL's mode for 16-bit grey PNGs before Pillow 10.4
+        values = np.asarray(pil)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"32-bit integer image with values in [{values.min()}, {values.max()}], expected 0..65535")
+        return _grey_to_rgb((values.astype(np.uint16) >> 8).astype(np.uint8))
+    if pil.mode == "F":
+        raise ValueError("floating-point image (PIL mode 'F'): expected 8- or 16-bit integer pixels")
+    return np.array(pil.convert("RGB"))  # a writable copy
+
+
+def _decode_pil(path: Path, exif: bool = True) -> torch.Tensor:
     try:
         with Image.open(path) as pil:
-            array = np.array(pil.convert("RGB"))
+            array = _pil_rgb(pil, exif)
     except Exception as err:  # PIL raises many types for broken files
         raise DataFileError(path, f"cannot decode image ({_describe(err)})") from err
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | os.PathLike[str], backend: str = "auto") -> tv_tensors.Image:
-    """Decode a JPEG/PNG into an RGB uint8 image (grey and CMYK files become RGB).
+def read_image(path: str | os.PathLike[str], backend: str = "auto", exif: bool = True) -> tv_tensors.Image:
+    """Decode an image file into an RGB uint8 image, the same way for every dataset and command.
+
+    * EXIF orientation is applied (a portrait photo stored landscape with orientation 6 comes
+      back portrait, as every viewer shows it); ``exif=False`` returns the stored pixels;
+    * 16-bit PNGs (grey, grey + alpha, RGB, RGBA) are scaled to 8 bit as ``v >> 8``;
+    * grey, palette and CMYK files become RGB; an alpha channel is dropped;
+    * an empty, truncated or undecodable file raises :class:`DataFileError` naming it (the
+      datasets' ``skip_bad=True`` skips and counts it).
 
     ``backend="auto"`` uses ``torchvision.io.decode_image`` (libjpeg-turbo, ~1.5 ms against PIL's
     ~2.2 ms for a VOC image, see ``benchmarks/data_loading.py``) and falls back to PIL for what it
-    cannot read; ``"pil"`` and ``"torchvision"`` force one decoder.
+    cannot read (BMP, a truncated file: PIL then names the error); ``"pil"`` and ``"torchvision"``
+    force one decoder. Both give identical pixels for the files both read.
 
     Shape:
         - output: (3, H, W) uint8
@@ -101,13 +163,19 @@ def read_image(path: str | os.PathLike[str], backend: str = "auto") -> tv_tensor
     if backend not in ("auto", "pil", "torchvision"):
         raise ValueError(f"backend: expected 'auto', 'pil' or 'torchvision', got {backend!r}")
     path = Path(path)
-    if not path.is_file():
+    try:
+        info = path.stat()
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
         raise DataFileError(path, "image file not found")
-    image = _decode_torchvision(path) if backend != "pil" else None
+    if info.st_size == 0:
+        raise DataFileError(path, "image file is empty (0 bytes)")
+    image = _decode_torchvision(path, exif) if backend != "pil" else None
     if image is None:
         if backend == "torchvision":
             raise DataFileError(path, "torchvision cannot decode image")
-        image = _decode_pil(path)
+        image = _decode_pil(path, exif)
     return tv_tensors.Image(image)
 
 
@@ -250,6 +318,33 @@ class SegmentationDataset(Dataset):
             sample = self._load_skipping(index)
         return self.transform(sample) if self.transform is not None else sample
 
+    def try_get(self, index: int) -> Any | None:
+        """``dataset[index]``, or None when that sample is bad and ``skip_bad`` is on (it is recorded in ``skipped``).
+
+        For one pass over the dataset (``cdclip cams``, evaluation): ``dataset[index]`` with
+        ``skip_bad`` substitutes the next good sample, which a training DataLoader needs but which
+        would process (and score) that sample twice in a pass over every index. Without
+        ``skip_bad`` a bad file raises :class:`DataFileError` as ``dataset[index]`` does.
+        """
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
+        index %= len(self)
+        if not self.skip_bad:
+            return self[index]
+        if index in self._bad_indices:
+            return None
+        try:
+            sample = self.load(index)
+        except DataFileError as err:
+            self._record_bad(index, err, stacklevel=2)
+            return None
+        return self.transform(sample) if self.transform is not None else sample
+
+    def _record_bad(self, index: int, err: DataFileError, stacklevel: int) -> None:
+        self._bad_indices.add(index)
+        self.skipped.append(Skipped(self.names[index], err.path, err.reason))
+        warnings.warn(f"skip_bad: skipping {self.names[index]} ({err})", RuntimeWarning, stacklevel=stacklevel + 1)
+
     def _load_skipping(self, index: int) -> Sample:
         for step in range(len(self)):
             current = (index + step) % len(self)
@@ -258,9 +353,7 @@ class SegmentationDataset(Dataset):
             try:
                 return self.load(current)
             except DataFileError as err:
-                self._bad_indices.add(current)
-                self.skipped.append(Skipped(self.names[current], err.path, err.reason))
-                warnings.warn(f"skip_bad: skipping {self.names[current]} ({err})", RuntimeWarning, stacklevel=3)
+                self._record_bad(current, err, stacklevel=3)
         raise DataFileError(Path(self.names[index]), "every sample of the dataset failed to load")
 
     @staticmethod
