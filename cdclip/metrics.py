@@ -11,6 +11,7 @@ of several processes are summed with :meth:`ConfusionMatrix.all_reduce`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +32,11 @@ def _as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     return x
 
 
+def _check_num_classes(num_classes: object) -> None:
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+
+
 def confusion_matrix(
     pred: torch.Tensor | np.ndarray,
     target: torch.Tensor | np.ndarray,
@@ -40,13 +46,15 @@ def confusion_matrix(
     """Confusion matrix of integer predictions against integer targets.
 
     Pixels whose target equals ``ignore_index`` are dropped. Any other target or prediction
-    outside ``[0, num_classes)`` raises ``ValueError`` (a silent wrong count is worse).
+    outside ``[0, num_classes)`` raises ``ValueError`` (a silent wrong count is worse). Empty
+    inputs (zero pixels) are valid and count nothing.
 
     Shape:
         - pred: (*) integer, on any device
         - target: (*) integer, same shape
         - output: (num_classes, num_classes) int64, rows = target, columns = prediction
     """
+    _check_num_classes(num_classes)
     pred_t = _as_tensor(pred, "pred")
     target_t = _as_tensor(target, "target")
     if pred_t.shape != target_t.shape:
@@ -58,7 +66,7 @@ def confusion_matrix(
     if ignore_index is not None:
         keep = target_t != ignore_index
         pred_t, target_t = pred_t[keep], target_t[keep]
-    n = num_classes
+    n = int(num_classes)
     if target_t.numel():
         bad_t = (target_t < 0) | (target_t >= n)
         bad_p = (pred_t < 0) | (pred_t >= n)
@@ -111,9 +119,10 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
+        _check_num_classes(num_classes)
+        if ignore_index is not None and (not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool)):
+            raise ValueError(f"ignore_index: expected an int or None, got {ignore_index!r}")
+        self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 

@@ -24,7 +24,14 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from cdclip._checks import check_choice, check_floating, check_rank
+from cdclip._checks import (
+    check_choice,
+    check_finite,
+    check_floating,
+    check_fraction,
+    check_nonempty,
+    check_rank,
+)
 
 __all__ = ["BOX_RULES", "BoxRule", "box_mask"]
 
@@ -45,15 +52,19 @@ def box_mask(cams: Tensor, threshold: float = 0.4, rule: BoxRule = "inclusive") 
     Returns:
         A boolean mask; all ``False`` for a map whose maximum is not positive.
 
+    Raises:
+        ValueError: an empty dimension, NaN or infinity, a threshold outside [0, 1], an unknown rule.
+
     Shape:
         - cams: (B, C, h, w)
         - output: (B, C, h, w)
     """
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold: expected a fraction in [0, 1], got {threshold}")
+    check_fraction(threshold, "threshold", "a fraction")
     check_choice(rule, "rule", BOX_RULES)
+    check_nonempty(cams, "cams", "B C h w")
+    check_finite(cams, "cams")
     b, c, h, w = cams.shape
     flat = cams.detach().float().reshape(b * c, h * w)
     if rule == "clip-es":

@@ -23,6 +23,21 @@ whose distributions differ like object and background (JS ≈ 0.2) get ``exp(−
 patches of one class (JS ≲ 0.02) keep ≥ 0.67. ``tests/test_cda.py`` builds the scene that fixed
 this choice (an object in two parts that attention never joins) and checks that the default
 lights the second part while the background stays dark, and that the flat map does not.
+
+Input contract (validated, never normalised silently): CAMs are finite and in ``[0, 1]`` (as
+every CAM method here returns them, min–max normalised; a tolerance of 1e-4, twice the dtype's
+epsilon for float16/bfloat16) — anything else raises ``ValueError: cams: ...``; class
+distributions are finite, non-negative rows summing to 1; attention is finite and non-negative;
+no dimension may be empty. CDA's output does not depend on the CAMs' overall scale, but a map that
+is negative or offset would be refined as a different map, so a range error is the honest answer.
+
+Uninformative distributions. When every patch of an image has the same class distribution (one
+class, ``K = 1``; or identical rows everywhere), the CDA affinity is constant and its transition
+matrix uniform: propagating along it would flatten every map to a constant, i.e. all zeros after
+the min–max normalisation. For such an image (all CDA affinities within 1e-4 of 1) CDA falls back:
+``mean`` and ``product`` use the attention transition matrix alone (the ``attn`` result), and
+``replace``, which has no attention, does not propagate (the identity): the box-masked CAM,
+min–max normalised. Under ``torch.autocast`` everything runs in float32 (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -34,10 +49,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_choice, check_finite, check_floating, check_rank, compute_dtype
+from cdclip._checks import (
+    check_choice,
+    check_distributions,
+    check_finite,
+    check_floating,
+    check_fraction,
+    check_int,
+    check_nonempty,
+    check_positive,
+    check_rank,
+    check_unit_interval,
+    compute_dtype,
+    full_precision,
+)
 from cdclip.affinity.boxes import BOX_RULES, BoxRule, box_mask
 from cdclip.affinity.transition import transition_matrix
-from cdclip.kernels.js import pairwise_js
+from cdclip.kernels.js import _pairwise_js_checked
 from cdclip.minmax import minmax_normalize
 from cdclip.registry import register
 
@@ -56,9 +84,12 @@ Fusion = Literal["mean", "replace", "product", "attn"]
 FUSIONS: tuple[str, ...] = ("mean", "replace", "product", "attn")
 AFFINITY_KINDS: tuple[str, ...] = ("exp", "power", "linear")
 LN2 = math.log(2.0)
+# an image whose CDA affinities all lie this close to 1 has uninformative class distributions
+UNINFORMATIVE_ATOL = 1e-4
 
 
 # --------------------------------------------------------------------------- class distributions
+@full_precision
 def class_probs_from_features(features: Tensor, text: Tensor, logit_scale: float = 100.0) -> Tensor:
     """Per-patch class distribution from dense features and a text classifier.
 
@@ -74,6 +105,11 @@ def class_probs_from_features(features: Tensor, text: Tensor, logit_scale: float
     check_rank(text, "text", "K D")
     check_floating(features, "features")
     check_floating(text, "text")
+    check_nonempty(features, "features", "B N D")
+    check_nonempty(text, "text", "K D")
+    check_finite(features, "features")
+    check_finite(text, "text")
+    check_positive(logit_scale, "logit_scale")
     if features.shape[-1] != text.shape[-1]:
         raise ValueError(
             f"text: expected embedding dim D={features.shape[-1]} to match features {tuple(features.shape)}, "
@@ -85,6 +121,7 @@ def class_probs_from_features(features: Tensor, text: Tensor, logit_scale: float
     return torch.softmax(logit_scale * x @ t.T, dim=-1)
 
 
+@full_precision
 def class_probs_from_cams(
     cams: Tensor,
     temperature: float = 0.1,
@@ -110,9 +147,10 @@ def class_probs_from_cams(
     """
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
+    check_nonempty(cams, "cams", "B C h w")
     check_finite(cams, "cams")
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected a positive float, got {temperature}")
+    check_positive(temperature, "temperature")
+    check_positive(alpha, "alpha")
     scores = cams.to(compute_dtype(cams)).flatten(2).transpose(1, 2)  # (B, N, C)
     if background:
         bg = (1.0 - scores.amax(dim=-1, keepdim=True)).clamp_min(0.0) ** alpha
@@ -121,26 +159,25 @@ def class_probs_from_cams(
 
 
 def check_probs(probs: Tensor, name: str = "probs", atol: float = 1e-3) -> None:
-    """Raise unless ``probs`` is ``(B, N, K)``, finite, non-negative, rows summing to 1.
+    """Raise unless ``probs`` is a non-empty ``(B, N, K)``, finite, non-negative, rows summing to 1.
 
     The tolerance widens to twice the dtype's epsilon for low-precision inputs: a bfloat16
     softmax row legitimately sums to 1 ± 0.004.
     """
     check_rank(probs, name, "B N K")
     check_floating(probs, name)
-    check_finite(probs, name)
-    atol = max(atol, 2 * torch.finfo(probs.dtype).eps)
-    if bool((probs < 0).any()):
-        raise ValueError(f"{name}: expected non-negative probabilities, got min {probs.min().item():.3g}")
-    err = (probs.sum(-1, dtype=torch.float64) - 1.0).abs().max().item() if probs.numel() else 0.0
-    if err > atol:
-        raise ValueError(
-            f"{name}: expected rows summing to 1 over the last dim (K={probs.shape[-1]}, tolerance {atol}), "
-            f"got a row off by {err:.3g}; apply softmax first"
-        )
+    check_nonempty(probs, name, "B N K")
+    check_distributions(probs, name, atol)
+
+
+def _check_affinity_args(kind: object, sigma: object, beta: object, name: str = "kind") -> None:
+    check_choice(kind, name, AFFINITY_KINDS)
+    check_positive(sigma, "sigma")
+    check_positive(beta, "beta")
 
 
 # --------------------------------------------------------------------------- affinity
+@full_precision
 def cda_affinity(probs: Tensor, kind: AffinityKind = "exp", sigma: float = 0.05, beta: float = 8.0) -> Tensor:
     """Class-distribution-aware affinity from pairwise Jensen–Shannon divergence.
 
@@ -151,19 +188,14 @@ def cda_affinity(probs: Tensor, kind: AffinityKind = "exp", sigma: float = 0.05,
         - probs: (B, N, K)
         - output: (B, N, N), values in [0, 1], 1 on the diagonal
     """
+    _check_affinity_args(kind, sigma, beta)
     check_probs(probs)
     return _affinity_from_probs(probs, kind, sigma, beta)
 
 
 def _affinity_from_probs(probs: Tensor, kind: str, sigma: float, beta: float) -> Tensor:
-    """:func:`cda_affinity` without re-validating ``probs`` (callers have checked it)."""
-    if kind not in AFFINITY_KINDS:
-        raise ValueError(f"kind: expected one of {AFFINITY_KINDS}, got {kind!r}")
-    if sigma <= 0:
-        raise ValueError(f"sigma: expected a positive float, got {sigma}")
-    if beta <= 0:
-        raise ValueError(f"beta: expected a positive float, got {beta}")
-    js = pairwise_js(probs)
+    """:func:`cda_affinity` without re-validating its arguments (callers have checked them)."""
+    js = _pairwise_js_checked(probs, probs, True, None, "auto")
     if kind == "exp":
         return torch.exp(-js / sigma)
     similarity = (1.0 - js / LN2).clamp(0.0, 1.0)
@@ -186,8 +218,7 @@ class CDAAffinity(nn.Module):
 
     def __init__(self, kind: AffinityKind = "exp", sigma: float = 0.05, beta: float = 8.0) -> None:
         super().__init__()
-        if kind not in AFFINITY_KINDS:
-            raise ValueError(f"kind: expected one of {AFFINITY_KINDS}, got {kind!r}")
+        _check_affinity_args(kind, sigma, beta)
         self.kind, self.sigma, self.beta = kind, sigma, beta
 
     def forward(self, probs: Tensor) -> Tensor:
@@ -198,13 +229,57 @@ class CDAAffinity(nn.Module):
 
 
 # --------------------------------------------------------------------------- refinement
-def _check_fusion(fusion: str, gamma: float) -> None:
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma: expected a weight in [0, 1], got {gamma}")
+def _check_refine_args(
+    fusion: object, gamma: object, box_threshold: object, affinity: object, sigma: object, beta: object,
+    sinkhorn_iters: object, power: object, box_rule: object,
+) -> None:  # fmt: skip
+    """Validate every hyper-parameter of :func:`cda_refine` (each error names its argument)."""
+    check_choice(fusion, "fusion", FUSIONS)
+    check_fraction(gamma, "gamma", "a weight")
+    check_fraction(box_threshold, "box_threshold")
+    _check_affinity_args(affinity, sigma, beta, name="affinity")
+    check_int(sinkhorn_iters, "sinkhorn_iters", minimum=0)
+    check_int(power, "power", minimum=1)
+    check_choice(box_rule, "box_rule", BOX_RULES)
 
 
+def _check_attn(attn: Tensor | None, fusion: str, b: int, n: int, cams_shape: tuple[int, ...]) -> None:
+    if attn is None:
+        raise ValueError(f"attn: fusion={fusion!r} needs an attention affinity (B, N={n}, N={n}); got None")
+    check_rank(attn, "attn", "B N N")
+    check_floating(attn, "attn")
+    if attn.shape[1] != attn.shape[2]:
+        raise ValueError(f"attn: expected a square (B, N, N) affinity, got {tuple(attn.shape)}")
+    if attn.shape[0] != b or attn.shape[1] != n:
+        raise ValueError(f"attn: expected shape (B={b}, N=h*w={n}, N={n}) for cams {cams_shape}, got {tuple(attn.shape)}")
+    check_finite(attn, "attn")
+    if bool((attn < 0).any()):
+        raise ValueError("attn: expected a non-negative affinity, got negative entries")
+
+
+def _check_probs_for(probs: Tensor | None, fusion: str, b: int, n: int, cams_shape: tuple[int, ...]) -> None:
+    if probs is None:
+        raise ValueError(
+            f"probs: fusion={fusion!r} needs per-patch class distributions (B, N={n}, K); build them with "
+            "class_probs_from_features(features, text) or class_probs_from_cams(cams_of_all_classes)"
+        )
+    check_rank(probs, "probs", "B N K")
+    if probs.shape[0] != b or probs.shape[1] != n:
+        raise ValueError(f"probs: expected shape (B={b}, N=h*w={n}, K) for cams {cams_shape}, got {tuple(probs.shape)}")
+    check_probs(probs)
+
+
+def _uninformative(a_cd: Tensor) -> Tensor:
+    """Per image: every CDA affinity is within ``UNINFORMATIVE_ATOL`` of 1 (identical distributions).
+
+    Shape:
+        - a_cd: (B, N, N)
+        - output: (B,) bool
+    """
+    return a_cd.flatten(1).amin(dim=1) >= 1.0 - UNINFORMATIVE_ATOL
+
+
+@full_precision
 def cda_refine(
     cams: Tensor,
     probs: Tensor | None = None,
@@ -225,10 +300,12 @@ def cda_refine(
     ``T = γ·τ(A_attn) + (1−γ)·τ(A_cd)`` (``mean``), ``τ(A_cd)`` (``replace``),
     ``τ(A_attn ⊙ A_cd)`` (``product``) or ``τ(A_attn)`` (``attn``: the MHSA baseline, CDA off).
     Each class map is masked to its boxes and propagated: ``M'_c = T · (box_c ⊙ vec(M_c))``,
-    then min–max normalised.
+    then min–max normalised. An image whose class distributions are all identical (``K = 1``)
+    falls back to the attention transition (``mean``, ``product``) or to no propagation
+    (``replace``); see the module docstring. Runs in float32 or higher under any autocast.
 
     Args:
-        cams: CAMs to refine (typically of the image's present classes), in [0, 1].
+        cams: CAMs to refine (typically of the image's present classes), finite and in [0, 1].
         probs: per-patch class distributions (see :func:`class_probs_from_features` and
             :func:`class_probs_from_cams`); required unless ``fusion="attn"``.
         attn: non-negative attention affinity (e.g. head- and block-averaged attention without the
@@ -240,6 +317,10 @@ def cda_refine(
         sinkhorn_iters, power: see :func:`~cdclip.affinity.transition.transition_matrix`.
         box_rule: ``"inclusive"`` or ``"clip-es"`` (see :func:`~cdclip.affinity.boxes.box_mask`).
 
+    Raises:
+        ValueError: a bad hyper-parameter, shape or empty dimension; CAMs outside [0, 1] or not
+            finite; ``probs`` rows that are not distributions; negative or non-finite ``attn``.
+
     Returns:
         Refined CAMs in float32 (float64 for float64 input), each map min–max normalised.
 
@@ -249,55 +330,59 @@ def cda_refine(
         - attn: (B, h*w, h*w)
         - output: (B, C, h, w)
     """
-    _check_fusion(fusion, gamma)
+    _check_refine_args(fusion, gamma, box_threshold, affinity, sigma, beta, sinkhorn_iters, power, box_rule)
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
-    check_finite(cams, "cams")
+    check_nonempty(cams, "cams", "B C h w")
+    check_unit_interval(cams, "cams")
     b, c, h, w = cams.shape
     n = h * w
     needs_attn = fusion in ("mean", "product", "attn")
     needs_probs = fusion in ("mean", "product", "replace")
     if needs_probs:
-        if probs is None:
-            raise ValueError(
-                f"probs: fusion={fusion!r} needs per-patch class distributions (B, N={n}, K); build them with "
-                "class_probs_from_features(features, text) or class_probs_from_cams(cams_of_all_classes)"
-            )
-        check_probs(probs)
-        if probs.shape[0] != b or probs.shape[1] != n:
-            raise ValueError(
-                f"probs: expected shape (B={b}, N=h*w={n}, K) for cams {tuple(cams.shape)}, got {tuple(probs.shape)}"
-            )
+        _check_probs_for(probs, fusion, b, n, tuple(cams.shape))
     if needs_attn:
-        if attn is None:
-            raise ValueError(f"attn: fusion={fusion!r} needs an attention affinity (B, N={n}, N={n}); got None")
-        check_rank(attn, "attn", "B N N")
-        check_floating(attn, "attn")
-        if attn.shape[1] != attn.shape[2]:
-            raise ValueError(f"attn: expected a square (B, N, N) affinity, got {tuple(attn.shape)}")
-        if attn.shape[0] != b or attn.shape[1] != n:
-            raise ValueError(
-                f"attn: expected shape (B={b}, N=h*w={n}, N={n}) for cams {tuple(cams.shape)}, got {tuple(attn.shape)}"
-            )
+        _check_attn(attn, fusion, b, n, tuple(cams.shape))
 
     dtype = compute_dtype(cams)
-    tm = {"sinkhorn_iters": sinkhorn_iters, "power": power}
-    # probs was validated above; the affinity must not repeat the O(N·K) check and its host syncs
-    a_cd = _affinity_from_probs(probs, affinity, sigma, beta) if needs_probs else None  # type: ignore[arg-type]
-    a_attn = attn.to(dtype) if needs_attn else None  # type: ignore[union-attr]
-    if fusion == "attn":
-        trans = transition_matrix(a_attn, **tm)  # type: ignore[arg-type]
-    elif fusion == "replace":
-        trans = transition_matrix(a_cd, **tm)  # type: ignore[arg-type]
-    elif fusion == "product":
-        trans = transition_matrix(a_attn * a_cd.to(dtype), **tm)  # type: ignore[operator,union-attr]
-    else:
-        trans = gamma * transition_matrix(a_attn, **tm) + (1.0 - gamma) * transition_matrix(a_cd, **tm)  # type: ignore[arg-type]
-    trans = trans.to(dtype)
+    trans = _fused_transition(probs, attn, fusion, gamma, affinity, sigma, beta, sinkhorn_iters, power, dtype)
 
     masked = cams.to(dtype) * box_mask(cams, box_threshold, box_rule)
     refined = torch.bmm(trans, masked.flatten(2).transpose(1, 2))  # (B, N, C)
     return minmax_normalize(refined.transpose(1, 2).reshape(b, c, h, w))
+
+
+def _fused_transition(
+    probs: Tensor | None, attn: Tensor | None, fusion: str, gamma: float, affinity: str, sigma: float, beta: float,
+    sinkhorn_iters: int, power: int, dtype: torch.dtype,
+) -> Tensor:  # fmt: skip
+    """The fused transition matrix of :func:`cda_refine` (arguments validated), with the fallback
+    for images whose class distributions carry no information (see the module docstring).
+
+    Shape:
+        - probs: (B, N, K)
+        - attn: (B, N, N)
+        - output: (B, N, N)
+    """
+    tm = {"sinkhorn_iters": sinkhorn_iters, "power": power}
+    a_attn = attn.to(dtype) if attn is not None else None
+    t_attn = transition_matrix(a_attn, **tm) if a_attn is not None else None
+    if fusion == "attn":
+        return t_attn.to(dtype)  # type: ignore[union-attr]
+    # probs was validated by the caller; the affinity must not repeat the O(N·K) check and its host syncs
+    a_cd = _affinity_from_probs(probs, affinity, sigma, beta).to(dtype)  # type: ignore[arg-type]
+    if fusion == "product":
+        t_cd = transition_matrix(a_attn * a_cd, **tm)  # type: ignore[operator]
+    else:
+        t_cd = transition_matrix(a_cd, **tm)
+    if t_attn is not None:
+        fallback = t_attn
+    else:
+        fallback = torch.eye(a_cd.shape[-1], dtype=t_cd.dtype, device=t_cd.device).expand_as(t_cd)
+    t_cd = torch.where(_uninformative(a_cd)[:, None, None], fallback.to(t_cd.dtype), t_cd)
+    if fusion == "mean":
+        return (gamma * t_attn + (1.0 - gamma) * t_cd).to(dtype)  # type: ignore[operator]
+    return t_cd.to(dtype)
 
 
 @register("cda", kind="refiner")
@@ -342,11 +427,8 @@ class CDAModule(nn.Module):
         box_rule: BoxRule = "inclusive",
     ) -> None:
         super().__init__()
-        _check_fusion(fusion, gamma)
-        check_choice(box_rule, "box_rule", BOX_RULES)
+        _check_refine_args(fusion, gamma, box_threshold, affinity, sigma, beta, sinkhorn_iters, power, box_rule)
         self.box_rule = box_rule
-        if affinity not in AFFINITY_KINDS:
-            raise ValueError(f"affinity: expected one of {AFFINITY_KINDS}, got {affinity!r}")
         self.fusion, self.gamma, self.box_threshold = fusion, gamma, box_threshold
         self.affinity, self.sigma, self.beta = affinity, sigma, beta
         self.sinkhorn_iters, self.power = sinkhorn_iters, power

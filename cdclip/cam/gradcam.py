@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_choice, check_floating, check_rank
+from cdclip._checks import (
+    check_choice,
+    check_finite,
+    check_floating,
+    check_nonempty,
+    check_positive,
+    check_rank,
+)
 from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
 from cdclip.cam.slots import class_slots
@@ -62,7 +69,14 @@ def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit
     """
     check_rank(global_embedding, "global_embedding", "B D")
     check_rank(text, "text", "K D")
-    c = labels.shape[1]
+    check_floating(global_embedding, "global_embedding")
+    check_floating(text, "text")
+    check_nonempty(global_embedding, "global_embedding", "B D")
+    check_nonempty(text, "text", "K D")
+    check_finite(global_embedding, "global_embedding")
+    check_finite(text, "text")
+    check_positive(logit_scale, "logit_scale")
+    c = check_labels(labels, global_embedding.shape[0]).shape[1]
     if text.shape[0] < c or text.shape[1] != global_embedding.shape[1]:
         raise ValueError(
             f"text: expected (K >= C={c}, D={global_embedding.shape[1]}), got {tuple(text.shape)}"

@@ -12,7 +12,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank
+from cdclip._checks import check_finite, check_floating, check_nonempty, check_rank
 from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
 from cdclip.registry import register
@@ -29,6 +29,10 @@ def patch_text_cam(features: Tensor, text: Tensor, labels: Tensor, grid: tuple[i
         labels: image-level multi-hot labels; absent classes give all-zero maps.
         grid: the patch grid ``(h, w)`` with ``h * w = N``.
 
+    Raises:
+        ValueError: bad or empty shapes (any dimension 0), NaN/inf features, text or labels.
+        TypeError: non-floating features or text.
+
     Shape:
         - features: (B, N, D)
         - text: (K, D) with K >= C
@@ -38,9 +42,18 @@ def patch_text_cam(features: Tensor, text: Tensor, labels: Tensor, grid: tuple[i
     check_rank(features, "features", "B N D")
     check_floating(features, "features")
     check_rank(text, "text", "K D")
+    check_floating(text, "text")
+    check_nonempty(features, "features", "B N D")
+    check_nonempty(text, "text", "K D")
+    check_finite(features, "features")
+    check_finite(text, "text")
     b, n, d = features.shape
     present = check_labels(labels, b)
     c = present.shape[1]
+    if c == 0:
+        raise ValueError(f"labels: expected a non-empty tensor of shape (B, C), got C=0 in {tuple(labels.shape)}")
+    if len(grid) != 2:
+        raise ValueError(f"grid: expected a pair (h, w), got {grid!r}")
     h, w = int(grid[0]), int(grid[1])
     if h * w != n:
         raise ValueError(f"grid: expected h * w = N = {n}, got {grid}")

@@ -24,7 +24,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank
+from cdclip._checks import (
+    check_finite,
+    check_floating,
+    check_int,
+    check_nonempty,
+    check_positive,
+    check_rank,
+    check_unit_interval,
+    full_precision,
+)
 from cdclip.affinity.cda import CDAModule, class_probs_from_features
 from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import check_labels
@@ -46,11 +55,13 @@ def attention_affinity(attn: Tensor, last: int = 8) -> Tensor:
     check_floating(attn, "attn")
     if attn.shape[1] == 0:
         raise ValueError("attn: the backbone returned no attention blocks; run it with attn_blocks > 0")
-    if last < 1:
-        raise ValueError(f"last: expected >= 1 blocks, got {last}")
+    check_nonempty(attn, "attn", "B L N N")
+    check_int(last, "last", minimum=1)
+    check_finite(attn, "attn")
     return attn[:, -last:].float().mean(dim=1)
 
 
+@full_precision
 def decoder_refined_attention(attn: Tensor, seg_affinity: Tensor, blocks: int = 6, eps: float = 1e-5) -> Tensor:
     """WeCLIP's attention refined by the decoder's affinity.
 
@@ -66,13 +77,19 @@ def decoder_refined_attention(attn: Tensor, seg_affinity: Tensor, blocks: int = 
     """
     check_rank(attn, "attn", "B L N N")
     check_rank(seg_affinity, "seg_affinity", "B N N")
-    if blocks < 1 or attn.shape[1] == 0:
-        raise ValueError(f"blocks: expected >= 1 blocks of a non-empty attn, got {blocks} of {attn.shape[1]}")
+    check_floating(attn, "attn")
+    check_floating(seg_affinity, "seg_affinity")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1 or attn.shape[1] == 0:
+        raise ValueError(f"blocks: expected >= 1 blocks of a non-empty attn, got {blocks!r} of {attn.shape[1]}")
+    check_nonempty(attn, "attn", "B L N N")
+    check_positive(eps, "eps")
     if seg_affinity.shape[0] != attn.shape[0] or seg_affinity.shape[1:] != attn.shape[2:]:
         raise ValueError(
             f"seg_affinity: expected shape {(attn.shape[0], *attn.shape[2:])} for attn {tuple(attn.shape)}, "
             f"got {tuple(seg_affinity.shape)}"
         )
+    check_finite(attn, "attn")
+    check_finite(seg_affinity, "seg_affinity")
     dtype = torch.promote_types(attn.dtype, torch.float32)
     a = attn[:, -blocks:].to(dtype)
     s = seg_affinity.to(dtype)
@@ -119,6 +136,8 @@ def refine_cams(
         raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
+    check_nonempty(cams, "cams", "B C h w")
+    check_unit_interval(cams, "cams")
     b, c, h, w = cams.shape
     present = check_labels(labels, b).to(cams.device)
     if present.shape[1] != c:

@@ -14,6 +14,11 @@ Zero probabilities: ``0 log 0 = 0`` exactly, and gradients stay finite because t
 clamped at the smallest normal float (the clamp only changes the log of exact zeros, whose product
 with zero is zero anyway).
 
+Input contract: every row must be a distribution — finite, non-negative, summing to 1 (± 1e-2,
+twice the epsilon for float16/bfloat16) — and no dimension may be empty; anything else raises a
+``ValueError`` naming the argument before a backend runs (one O(N·K) pass, one host sync). Under
+``torch.autocast`` the kernel still computes in float32 (float64 for float64 inputs).
+
 Backends of :func:`pairwise_js` (the ``backend`` argument):
 
 - ``native`` — a fused C kernel (``js_native.c``, AVX2 + FMA, float32) that adds, takes the log,
@@ -37,12 +42,24 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip._checks import (
+    check_distributions,
+    check_floating,
+    check_int,
+    check_nonempty,
+    check_rank,
+    check_tensor,
+    compute_dtype,
+    full_precision,
+)
 from cdclip.registry import register
 
 __all__ = ["JSDivergence", "js_divergence", "pairwise_js"]
 
 LN2 = math.log(2.0)
+# Rows may miss 1 by this much: a distribution rounded to bfloat16 once is off by up to 2**-9, and
+# a missing softmax is off by far more.
+ROW_SUM_ATOL = 1e-2
 
 Backend = Literal["auto", "native", "torch", "compile"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -70,20 +87,30 @@ def _sum_xlogx(x: Tensor) -> Tensor:
 
 
 def _check_probs(x: object, name: str, pattern: str) -> Tensor:
+    """Shape, dtype and emptiness checks (the O(N·K) value check is :func:`check_distributions`)."""
     x = check_tensor(x, name)
     check_rank(x, name, pattern)
     check_floating(x, name)
+    check_nonempty(x, name, pattern)
     return x
 
 
+@full_precision
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """Jensen–Shannon divergence between matched distributions over the last dimension.
 
-    Natural log; values lie in ``[0, ln 2]``. Inputs in float16/bfloat16 are computed in float32.
+    Natural log; values lie in ``[0, ln 2]``. Inputs in float16/bfloat16 are computed in float32,
+    also under ``torch.autocast``.
 
     Args:
         p: probabilities, non-negative, summing to 1 over the last dim.
         q: probabilities with the same shape as ``p``.
+
+    Raises:
+        ValueError: shapes differ, an empty tensor, or rows that are not distributions (NaN,
+            infinity, a negative entry, or a sum off 1 by more than 1e-2, twice the epsilon of
+            float16/bfloat16).
+        TypeError: not a floating-point tensor.
 
     Returns:
         The divergence per distribution pair, in float32 (float64 for float64 inputs).
@@ -101,6 +128,10 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
         raise ValueError(f"q: expected the shape of p {tuple(p.shape)}, got {tuple(q.shape)} (no broadcasting)")
     if p.dim() == 0:
         raise ValueError("p: expected shape (..., K) with at least one dim, got a scalar")
+    if p.numel() == 0:
+        raise ValueError(f"p: expected a non-empty tensor of shape (..., K), got {tuple(p.shape)}")
+    check_distributions(p, "p", ROW_SUM_ATOL)
+    check_distributions(q, "q", ROW_SUM_ATOL)
     dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
     p, q = p.to(dtype), q.to(dtype)
     s = p + q
@@ -256,6 +287,7 @@ def _native_pairwise(library: ctypes.CDLL, p: Tensor, q: Tensor, symmetric: bool
     return out
 
 
+@full_precision
 def pairwise_js(
     p: Tensor,
     q: Tensor | None = None,
@@ -282,7 +314,14 @@ def pairwise_js(
             blocks with one warning, never an error.
 
     Returns:
-        Divergences in float32 (float64 for float64 inputs).
+        Divergences in float32 (float64 for float64 inputs), also under ``torch.autocast``.
+
+    Raises:
+        ValueError: bad or mismatched shapes, an empty dimension, or rows that are not
+            distributions: NaN, infinity, a negative entry, or a row sum off 1 by more than 1e-2
+            (twice the epsilon for float16/bfloat16). The check is one O(N·K) pass per input with
+            one host sync, done before any backend runs.
+        TypeError: not a floating-point tensor.
 
     Shape:
         - p: (B, N, K)
@@ -298,11 +337,19 @@ def pairwise_js(
         raise ValueError(
             f"q: expected shape (B={p.shape[0]}, M, K={p.shape[2]}) to match p {tuple(p.shape)}, got {tuple(q.shape)}"
         )
+    if block_elements is not None:
+        check_int(block_elements, "block_elements", minimum=1)
+    _check_backend(backend)
+    check_distributions(p, "p", ROW_SUM_ATOL)
+    if not symmetric:
+        check_distributions(q, "q", ROW_SUM_ATOL)
+    return _pairwise_js_checked(p, q, symmetric, block_elements, backend)
+
+
+def _pairwise_js_checked(p: Tensor, q: Tensor, symmetric: bool, block_elements: int | None, backend: str) -> Tensor:
+    """:func:`pairwise_js` on inputs whose shapes and values were validated (CDA checks them once)."""
     if block_elements is None:
         block_elements = DEFAULT_BLOCK_ELEMENTS if p.device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
-    if block_elements < 1:
-        raise ValueError(f"block_elements: expected a positive int, got {block_elements}")
-    _check_backend(backend)
     dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
     p = p.to(dtype).contiguous()
     q = p if symmetric else q.to(dtype).contiguous()
@@ -391,6 +438,8 @@ class JSDivergence(nn.Module):
     def __init__(self, block_elements: int | None = None, backend: Backend = "auto") -> None:
         super().__init__()
         _check_backend(backend)
+        if block_elements is not None:
+            check_int(block_elements, "block_elements", minimum=1)
         self.block_elements = block_elements
         self.backend = backend
 

@@ -10,6 +10,11 @@ An empty band (no super-class boundary in the batch) gives a loss of exactly zer
 back-propagates (zero gradients, never NaN). Logits must match the label size; pass
 ``resize_logits=True`` to upsample decoder logits (e.g. at 1/16) bilinearly instead.
 
+Non-finite inputs raise. NaN or infinite logits — anywhere, also outside the band — and finite
+logits so large that the cross-entropy overflows raise ``ValueError: logits: ...`` instead of
+returning NaN/inf (checked on the logits and the result together: one host sync). Empty
+tensors (any dimension 0) raise ``ValueError`` too. Computed in float32 or higher under any autocast.
+
 Usage::
 
     sbe = SuperClassPrototypes("voc")
@@ -22,7 +27,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cdclip._checks import check_rank, compute_dtype
+from cdclip._checks import (
+    check_choice,
+    check_finite,
+    check_nonempty,
+    check_rank,
+    compute_dtype,
+    full_precision,
+)
 from cdclip.losses.segmentation import REDUCTIONS, balanced_cross_entropy, check_logits_labels
 from cdclip.prototypes.superclass import SBEOutput
 from cdclip.registry import register
@@ -30,6 +42,16 @@ from cdclip.registry import register
 __all__ = ["BoundaryEnhancedLoss", "boundary_enhanced_loss"]
 
 
+def _check_loss_finite(loss: Tensor, logits: Tensor) -> Tensor:
+    """Raise ``ValueError`` unless ``loss`` is finite (NaN/inf logits, or logits so large that CE overflows)."""
+    # one host sync for both: -inf logits of a non-target class leave the loss finite
+    if not bool(torch.isfinite(loss).all() & torch.isfinite(logits).all()):
+        check_finite(logits, "logits")  # names the NaN/inf input when there is one
+        raise ValueError("logits: the cross-entropy overflowed; the logits are too large for the compute dtype")
+    return loss
+
+
+@full_precision
 def boundary_enhanced_loss(
     logits: Tensor,
     labels: Tensor,
@@ -55,7 +77,8 @@ def boundary_enhanced_loss(
 
     Raises:
         ValueError: the band, label and logit sizes differ (both sizes named), bad reduction,
-            or label ids outside ``0..K-1``.
+            label ids outside ``0..K-1``, an empty dimension, or NaN/inf logits (or logits so
+            large that the loss would be inf).
 
     Shape:
         - logits: (B, K, H, W)
@@ -66,6 +89,9 @@ def boundary_enhanced_loss(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     check_rank(labels, "labels", "B H W")
+    check_nonempty(labels, "labels", "B H W")
+    check_rank(logits, "logits", "B K H W")
+    check_nonempty(logits, "logits", "B K H W")
     if band is not None:
         check_rank(band, "band", "B H W")
         if band.dtype != torch.bool:
@@ -79,13 +105,14 @@ def boundary_enhanced_loss(
             )
         labels = torch.where(band, labels, torch.full_like(labels, ignore_index))
     if balanced or reduction != "mean":
-        return balanced_cross_entropy(
+        loss = balanced_cross_entropy(
             logits, labels, ignore_index=ignore_index, reduction=reduction, resize_logits=resize_logits
         )
+        return _check_loss_finite(loss, logits)
     logits = check_logits_labels(logits, labels, ignore_index, resize_logits)
     per_pixel = balanced_cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     counted = labels != ignore_index
-    return per_pixel.sum() / counted.sum().clamp_min(1).to(compute_dtype(logits))
+    return _check_loss_finite(per_pixel.sum() / counted.sum().clamp_min(1).to(compute_dtype(logits)), logits)
 
 
 @register("boundary_enhanced_loss", kind="loss")
@@ -112,8 +139,7 @@ class BoundaryEnhancedLoss(nn.Module):
         self, ignore_index: int = 255, reduction: str = "mean", balanced: bool = True, resize_logits: bool = False
     ) -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        check_choice(reduction, "reduction", REDUCTIONS)
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.balanced = bool(balanced)

@@ -27,11 +27,17 @@ prototype CAM, and is excluded from the argmax. Pixels where no valid prototype 
 response (for example an image where nothing is valid) get ``S* = ignore_index``; they are never in
 the band and keep their pseudo label. Pseudo-label pixels equal to ``ignore_index`` stay ignored
 unless ``fill_ignored=True``.
+
+Input contract (raised, never silently NaN): CAMs finite and in ``[0, 1]`` (tolerance 1e-4, twice
+the epsilon for float16/bfloat16), finite features and image labels, no empty dimension
+(B, C, h, w, N, D, H, W ≥ 1); every violation is a ``ValueError`` naming the argument. Computed in
+float32 or higher under any autocast.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -39,7 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip._checks import (
+    check_finite,
+    check_floating,
+    check_nonempty,
+    check_rank,
+    check_tensor,
+    check_unit_interval,
+    compute_dtype,
+    full_precision,
+)
 from cdclip.backbones.dino import resample_features
 from cdclip.data.superclasses import GroupingSpec, SuperClassGrouping, superclass_grouping
 from cdclip.registry import register
@@ -163,6 +178,8 @@ def _feature_map(features: Tensor, batch: int, cam_grid: tuple[int, int], featur
         raise ValueError(f"features: expected shape (B, N, D) or (B, D, h', w'), got {tuple(features.shape)}")
     if fmap.shape[0] != batch:
         raise ValueError(f"features: expected batch size B = {batch} (from cams), got {fmap.shape[0]}")
+    check_nonempty(fmap, "features", "B D h' w'")
+    check_finite(fmap, "features")
     return fmap
 
 
@@ -176,10 +193,25 @@ def _present(labels: Tensor, cams: Tensor) -> Tensor:
         )
     if labels.dtype == torch.bool:
         return labels
+    if labels.is_complex():
+        raise TypeError(f"labels: expected real 0/1 image labels, got dtype {labels.dtype}")
+    if labels.is_floating_point():
+        check_finite(labels, "labels")
     return labels > 0.5
 
 
+def _check_scalars(seed_threshold: object, weighting: object, feature_resolution: object) -> None:
+    real = isinstance(seed_threshold, numbers.Real) and not isinstance(seed_threshold, bool)
+    if not (real and 0.0 <= seed_threshold < 1.0):  # type: ignore[operator]  # NaN fails the comparison
+        raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    if feature_resolution not in FEATURE_RESOLUTIONS:
+        raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
+
+
 # ---------------------------------------------------------------------- main function
+@full_precision
 def superclass_prototypes(
     cams: Tensor,
     labels: Tensor,
@@ -230,20 +262,18 @@ def superclass_prototypes(
     """
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
+    check_nonempty(cams, "cams", "B C h w")
+    check_unit_interval(cams, "cams")
     b, c, h, w = cams.shape
     present = _present(labels, cams)
     check_rank(pseudo_labels, "pseudo_labels", "B H W")
+    check_nonempty(pseudo_labels, "pseudo_labels", "B H W")
     if pseudo_labels.is_floating_point() or pseudo_labels.is_complex() or pseudo_labels.dtype == torch.bool:
         raise TypeError(f"pseudo_labels: expected integer class ids, got dtype {pseudo_labels.dtype}")
     if pseudo_labels.shape[0] != b:
         raise ValueError(f"pseudo_labels: expected batch size B = {b} (from cams), got {pseudo_labels.shape[0]}")
-    if not 0.0 <= float(seed_threshold) < 1.0:
-        raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
+    _check_scalars(seed_threshold, weighting, feature_resolution)
     k = _check_kernel(band_kernel)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
-    if feature_resolution not in FEATURE_RESOLUTIONS:
-        raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
     y = pseudo_labels.long()
     out_of_range = (y != ignore_index) & ((y < 0) | (y > c))
     if bool(out_of_range.any()):
@@ -357,12 +387,7 @@ class SuperClassPrototypes(nn.Module):
         fill_ignored: bool = False,
     ) -> None:
         super().__init__()
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
-        if feature_resolution not in FEATURE_RESOLUTIONS:
-            raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
-        if not 0.0 <= float(seed_threshold) < 1.0:
-            raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
+        _check_scalars(seed_threshold, weighting, feature_resolution)
         self.band_kernel = _check_kernel(band_kernel)
         lazy = isinstance(grouping, str) and grouping.lower() in ("identity", "fg", "foreground") and class_names is None
         # identity/fg without class names are resolved per call from C

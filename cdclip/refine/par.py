@@ -21,8 +21,13 @@ Weights, for pixel ``i`` and neighbour ``j`` (``c`` runs over image channels):
 
 ``num_iter`` times: ``m_i ← Σ_j W_ij m_j`` for every mask channel. As in ToCo the weights sum to
 ``1 + w_pos``, so masks grow by that factor per iteration; the argmax (what pseudo labels use) is
-unaffected. Everything is computed in float32 (float64 stays float64) and streamed over the
-neighbours, so memory stays O(B·(C + P)·H·W) and never holds a (B, C, P, H, W) tensor.
+unaffected. Everything is computed in float32 (float64 stays float64, and an enclosing
+``torch.autocast`` is turned off) and streamed over the neighbours, so memory stays
+O(B·(C + P)·H·W) and never holds a (B, C, P, H, W) tensor.
+
+Input contract: image and masks are finite and non-empty (every dimension ≥ 1), ``w_rgb > 0`` and
+``w_pos ≥ 0`` are finite; anything else raises a ``ValueError`` naming the argument. Masks so large
+that the ``(1 + w_pos)^num_iter`` growth overflows the compute dtype raise too (never a silent inf).
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdclip._checks import check_finite, check_floating, check_rank, check_same, compute_dtype
+from cdclip._checks import (
+    check_finite,
+    check_floating,
+    check_int,
+    check_nonempty,
+    check_positive,
+    check_rank,
+    check_same,
+    compute_dtype,
+    full_precision,
+)
 from cdclip.registry import register
 
 __all__ = ["PAR", "par", "par_affinity"]
@@ -58,11 +73,17 @@ def _validate_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
+def _check_weights(w_rgb: object, w_pos: object) -> None:
+    check_positive(w_rgb, "w_rgb")
+    check_positive(w_pos, "w_pos", allow_zero=True)
+
+
 def _shifted(padded: torch.Tensor, pad: int, dy: int, dx: int, height: int, width: int) -> torch.Tensor:
     """View of ``x[..., y + dy, x + dx]`` (coordinates clamped) from a replicate-padded ``x``."""
     return padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
 
 
+@full_precision
 def par_affinity(
     image: torch.Tensor,
     dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
@@ -79,7 +100,9 @@ def par_affinity(
         - output: (B, P, H, W) float32 (float64 for float64 input), ``P = 8·len(dilations)``
     """
     dilations = _validate_dilations(dilations)
+    _check_weights(w_rgb, w_pos)
     check_rank(image, "image", "B c H W")
+    check_nonempty(image, "image", "B c H W")
     dtype = compute_dtype(image) if image.is_floating_point() else torch.float32
     img = image.to(dtype)
     check_finite(img, "image")
@@ -116,6 +139,7 @@ def par_affinity(
     return weights
 
 
+@full_precision
 def par(
     image: torch.Tensor,
     masks: torch.Tensor,
@@ -127,7 +151,12 @@ def par(
     """Refine soft masks with PAR: ``num_iter`` rounds of colour-affinity neighbour averaging.
 
     The image is resized (bilinear) to the mask resolution when they differ. Differentiable;
-    device-agnostic; computed in float32 (float64 stays float64); returned in the masks' dtype.
+    device-agnostic; computed in float32 (float64 stays float64) under any autocast; returned in
+    the masks' dtype.
+
+    Raises:
+        ValueError: bad shapes or arguments, an empty dimension, NaN/inf in image or masks, or
+            refined masks that overflow the masks' dtype.
 
     Args:
         image: the RGB image, normalised or not (the colour weights are scale-free per channel).
@@ -145,10 +174,14 @@ def par(
     check_rank(masks, "masks", "B C H W")
     check_rank(image, "image", "B c H W")
     check_floating(masks, "masks")
+    check_nonempty(masks, "masks", "B C H W")
+    check_nonempty(image, "image", "B c H W")
     check_same([("image", image.shape[0]), ("masks", masks.shape[0])], "batch sizes (B)")
-    if not isinstance(num_iter, int) or num_iter < 0:
-        raise ValueError(f"num_iter: expected a non-negative int, got {num_iter!r}")
+    if image.is_complex() or image.dtype == torch.bool:
+        raise TypeError(f"image: expected a real (floating or integer) image, got dtype {image.dtype}")
+    check_int(num_iter, "num_iter", minimum=0)
     dilations = _validate_dilations(dilations)
+    _check_weights(w_rgb, w_pos)
     dtype = compute_dtype(masks)
     height, width = masks.shape[-2:]
     img = image if image.is_floating_point() else image.float()
@@ -167,7 +200,18 @@ def par(
             # in place on the fresh accumulator: autograd needs the factors, not its old value
             refined.addcmul_(weights[:, k : k + 1], _shifted(padded, pad, dy, dx, height, width))
         out = refined
-    return out.to(masks.dtype)
+    out = out.to(masks.dtype)
+    if num_iter:
+        _check_no_overflow(out)
+    return out
+
+
+def _check_no_overflow(out: torch.Tensor) -> None:
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"masks: the refined masks overflow {out.dtype} (masks grow by (1 + w_pos) per iteration); "
+            "pass masks of a moderate scale (e.g. probabilities or min-max normalised CAMs)"
+        )
 
 
 @register("par", kind="refiner")
@@ -195,9 +239,8 @@ class PAR(nn.Module):
     ) -> None:
         super().__init__()
         self.dilations = _validate_dilations(dilations)
-        if not isinstance(num_iter, int) or num_iter < 0:
-            raise ValueError(f"num_iter: expected a non-negative int, got {num_iter!r}")
-        self.num_iter = num_iter
+        self.num_iter = check_int(num_iter, "num_iter", minimum=0)
+        _check_weights(w_rgb, w_pos)
         self.w_rgb = float(w_rgb)
         self.w_pos = float(w_pos)
 
