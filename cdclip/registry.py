@@ -16,6 +16,13 @@ Design (after timm's registry, deliberately smaller):
   autoloading off;
 * prefixed names (``"openclip:ViT-B-16@openai"``, ``"timm:vit_base_patch16_224.dino"``) are
   resolved by a registered *prefix factory* that receives the part after the colon.
+
+Clashes. A registration from outside the built-in modules (your code, a plugin) first loads the
+built-ins, so a name that clashes with a built-in raises at once, naming the existing entry. With
+``override=True`` the new entry replaces the built-in and keeps winning: a built-in module that
+registers again later (a re-import, ``importlib.reload``) does not raise and does not take the name
+back. :meth:`Registry.unregister` of the override restores the built-in. Unknown names, compared
+case-insensitively, get a "Did you mean" hint.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ComponentInfo",
     "Registry",
     "create",
     "get",
@@ -69,6 +77,21 @@ class _Entry:
     factory: Callable[..., Any]
     kind: str
     doc: str
+    origin: str = "built-in"  # "built-in", "plugin <entry point>" or "user"
+
+
+class ComponentInfo(NamedTuple):
+    """One registry entry as :meth:`Registry.entries` lists it (``name`` is ``"prefix:<name>"`` for prefixes)."""
+
+    name: str
+    kind: str
+    doc: str
+    origin: str
+
+    @property
+    def is_plugin(self) -> bool:
+        """Registered by code outside cdclip's built-in modules (an entry-point plugin or the user)."""
+        return self.origin != "built-in"
 
 
 @dataclass
@@ -87,6 +110,9 @@ class Registry:
     _builtins_loaded: bool = False
     _plugins_loaded: bool = False
     _import_errors: dict[str, str] = field(default_factory=dict)
+    # built-in entries replaced by an override, restored by unregister: {(prefix?, name): entry}
+    _shadowed: dict[tuple[bool, str], _Entry] = field(default_factory=dict)
+    _loading_plugin: str | None = None
 
     # ------------------------------------------------------------------ registration
     def register(
@@ -119,32 +145,59 @@ class Registry:
                 raise ValueError(f"register: name must be a non-empty string, got {key!r}")
             if ":" in key and not prefix:
                 raise ValueError(f"register: name {key!r} must not contain ':' (use prefix=True for prefixes)")
-            table = self._prefixes if prefix else self._entries
-            if key in table and not override and table[key].factory is not target:
-                existing = table[key].factory
-                raise ValueError(
-                    f"register: {'prefix' if prefix else 'name'} {key!r} is already registered to "
-                    f"{getattr(existing, '__module__', '?')}.{getattr(existing, '__qualname__', existing)}; "
-                    "pass override=True to replace it"
-                )
+            builtin = self._is_builtin(target)
+            if not builtin:
+                self._load_builtins()  # a clash with a built-in must show now, not break a later import
             doc = (getattr(target, "__doc__", None) or "").strip().split("\n")[0]
-            table[key] = _Entry(target, kind, doc)
+            entry = _Entry(target, kind, doc, "built-in" if builtin else self._user_origin())
+            self._insert(key, entry, prefix, override)
             return target
 
         if obj is not None:
             return _do(obj)
         return _do
 
+    def _is_builtin(self, target: object) -> bool:
+        return getattr(target, "__module__", None) in self.builtin_modules
+
+    def _user_origin(self) -> str:
+        return f"plugin {self._loading_plugin}" if self._loading_plugin else "user"
+
+    def _insert(self, key: str, entry: _Entry, prefix: bool, override: bool) -> None:
+        table = self._prefixes if prefix else self._entries
+        existing = table.get(key)
+        if existing is None or existing.factory is entry.factory:
+            table[key] = entry
+            return
+        if entry.origin == "built-in" and existing.origin != "built-in":
+            # a built-in module registering (again) under a name the user overrode: the user wins
+            self._shadowed[(prefix, key)] = entry
+            return
+        if entry.origin == "built-in" and _same_definition(existing.factory, entry.factory):
+            table[key] = entry  # importlib.reload of a built-in module: the new class object replaces the old
+            return
+        if not override:
+            raise ValueError(
+                f"register: {'prefix' if prefix else 'name'} {key!r} is already registered to "
+                f"{_qualified(existing.factory)} ({existing.origin}); pass override=True to replace it"
+            )
+        if existing.origin == "built-in":
+            self._shadowed[(prefix, key)] = existing
+        table[key] = entry
+
     def unregister(self, name: str) -> None:
-        """Remove a plain or prefix entry (mostly for tests)."""
-        self._entries.pop(name, None)
-        self._prefixes.pop(name, None)
+        """Remove a plain or prefix entry (mostly for tests); an overridden built-in comes back."""
+        for prefix, table in ((False, self._entries), (True, self._prefixes)):
+            removed = table.pop(name, None)
+            shadowed = self._shadowed.pop((prefix, name), None)
+            if removed is not None and shadowed is not None:
+                table[name] = shadowed
 
     # ------------------------------------------------------------------ lookup
     def _load_builtins(self) -> None:
         if self._builtins_loaded:
             return
-        self._builtins_loaded = True
+        self._builtins_loaded = True  # first: the modules' own registrations must not recurse here
         for module in self.builtin_modules:
             try:
                 importlib.import_module(module)
@@ -164,11 +217,16 @@ class Registry:
         from importlib.metadata import entry_points
 
         loaded = []
+        self._load_builtins()  # a plugin's clash with a built-in is reported as that plugin's failure
         for ep in entry_points(group=self.entry_point_group):
             try:
-                target = ep.load()
-                if callable(target):  # a module registers on import; a callable gets the registry
-                    target(self)
+                self._loading_plugin = ep.name
+                try:
+                    target = ep.load()
+                    if callable(target):  # a module registers on import; a callable gets the registry
+                        target(self)
+                finally:
+                    self._loading_plugin = None
                 loaded.append(ep.name)
             except Exception as err:  # a broken plugin must never break the rest
                 warnings.warn(
@@ -254,15 +312,33 @@ class Registry:
         return sorted(names)
 
     def describe(self) -> dict[str, tuple[str, str]]:
-        """``{name: (kind, first docstring line)}`` for every entry."""
+        """``{name: (kind, first docstring line)}`` for every entry (built-ins and plugins)."""
+        return {info.name: (info.kind, info.doc) for info in self.entries()}
+
+    def entries(self, kind: str | None = None) -> list[ComponentInfo]:
+        """Every entry with its kind, docstring summary and origin, sorted by name.
+
+        Loads the built-ins and (unless ``CDCLIP_NO_PLUGINS`` is set) the entry-point plugins first.
+        """
         self._load_builtins()
-        out = {n: (e.kind, e.doc) for n, e in self._entries.items()}
-        out.update({f"{n}:<name>": (e.kind, e.doc) for n, e in self._prefixes.items()})
-        return dict(sorted(out.items()))
+        if self._autoload_allowed():
+            self.load_plugins()
+        rows = [ComponentInfo(n, e.kind, e.doc, e.origin) for n, e in self._entries.items()]
+        rows += [ComponentInfo(f"{n}:<name>", e.kind, e.doc, e.origin) for n, e in self._prefixes.items()]
+        return sorted((r for r in rows if kind is None or r.kind == kind), key=lambda r: r.name)
+
+    def _close_matches(self, name: str, known: list[str]) -> list[str]:
+        """Up to three known names close to ``name``, compared case-insensitively (exact case-folds first)."""
+        folded: dict[str, list[str]] = {}
+        for k in known:
+            folded.setdefault(k.lower(), []).append(k)
+        target = name.lower() if ":" not in name else name.partition(":")[0].lower() + ":"
+        close = difflib.get_close_matches(target, list(folded), n=3, cutoff=0.5)
+        return [k for c in close for k in folded[c]][:3]
 
     def _unknown_message(self, name: str) -> str:
         known = sorted(self._entries) + [f"{p}:" for p in sorted(self._prefixes)]
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        close = self._close_matches(name, known)
         msg = f"unknown cdclip component {name!r}."
         if ":" in name:
             head = name.partition(":")[0]
@@ -276,6 +352,15 @@ class Registry:
         if not self._autoload_allowed():
             msg += f" Plugin autoloading is off ({NO_PLUGINS_ENV} is set)."
         return msg
+
+
+def _qualified(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
+
+
+def _same_definition(a: object, b: object) -> bool:
+    """The same module and qualified name: one class defined twice by a module reload."""
+    return _qualified(a) == _qualified(b) and getattr(a, "__qualname__", None) is not None
 
 
 registry = Registry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,103 @@ def test_every_builtin_module_imports():
         importlib.import_module(module)
     cdclip.list_components()
     assert cdclip.registry._import_errors == {}
+
+
+# ---------------------------------------------------------------------------- clashes with built-ins (issue 10 C)
+@pytest.fixture
+def global_registry():
+    """The global registry, restored to its state before the test (entries, shadows, flags)."""
+    from cdclip.registry import registry
+
+    registry._load_builtins()
+    saved = (dict(registry._entries), dict(registry._prefixes), dict(registry._shadowed), registry._plugins_loaded)
+    yield registry
+    registry._entries.clear()
+    registry._entries.update(saved[0])
+    registry._prefixes.clear()
+    registry._prefixes.update(saved[1])
+    registry._shadowed.clear()
+    registry._shadowed.update(saved[2])
+    registry._plugins_loaded = saved[3]
+
+
+def test_a_clash_with_a_builtin_raises_at_registration_naming_it(global_registry):
+    class MyPar: ...
+
+    with pytest.raises(ValueError, match=r"'par' is already registered to cdclip\.refine\.par\.PAR \(built-in\)"):
+        cdclip.register("par", MyPar)
+    assert cdclip.get("par") is cdclip.PAR
+
+
+def test_override_of_a_builtin_wins_and_unregister_restores_it(global_registry):
+    class MyCDA: ...
+
+    cdclip.register("cda", MyCDA, kind="refiner", override=True)
+    assert cdclip.get("cda") is MyCDA
+    from cdclip import CDAModule  # the built-in module stays importable
+
+    # the built-in module registering again (a re-import) neither raises nor takes the name back
+    global_registry.register("cda", CDAModule, kind="refiner")
+    assert cdclip.get("cda") is MyCDA
+    info = {i.name: i for i in global_registry.entries()}["cda"]
+    assert info.origin == "user" and info.is_plugin
+    global_registry.unregister("cda")
+    assert cdclip.get("cda") is CDAModule
+
+
+@pytest.mark.parametrize("name", ["CDA", "Cda", "cdA"])
+def test_unknown_names_suggest_the_case_insensitive_match(name):
+    with pytest.raises(KeyError, match=r"Did you mean 'cda'"):
+        cdclip.create(name)
+
+
+def test_cli_list_shows_plugins_with_kind_and_origin(global_registry, monkeypatch, capsys):
+    from cdclip.cli import main
+
+    def plugin(registry):
+        registry.register("fancy_refiner", _FancyRefiner, kind="refiner")
+
+    monkeypatch.setattr(metadata, "entry_points", _fake_entry_points([_FakeEntryPoint("fancy", plugin)]))
+    monkeypatch.delenv("CDCLIP_NO_PLUGINS", raising=False)
+    global_registry._plugins_loaded = False
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("fancy_refiner"))
+    assert "refiner" in line and "plugin fancy" in line and "A refiner from a plugin." in line
+    cda_line = next(row for row in out.splitlines() if row.startswith("cda "))
+    assert "built-in" in cda_line
+    assert main(["list", "--plugins"]) == 0
+    only = [row for row in capsys.readouterr().out.splitlines() if row and not row.startswith("1 of")]
+    assert len(only) == 1 and only[0].startswith("fancy_refiner")
+
+
+class _FancyRefiner:
+    """A refiner from a plugin."""
+
+
+def test_fresh_process_clash_before_the_lazy_load_and_override_then_import():
+    """In a fresh process the built-ins are not loaded yet: the clash must still show at once."""
+    code = textwrap.dedent(
+        """
+        import importlib, cdclip
+        try:
+            cdclip.register("par", object)
+        except ValueError as err:
+            print("clash:", "cdclip.refine.par.PAR" in str(err))
+        print("create cda:", type(cdclip.create("cda")).__name__)
+        print("builtins listed:", all(n in cdclip.list_components() for n in ("par", "cda", "js_divergence")))
+
+        class Mine: ...
+        cdclip.register("cda", Mine, override=True)
+        from cdclip import CDAModule
+        import cdclip.affinity.cda as cda_module
+        importlib.reload(cda_module)  # the built-in registers again: no error, the override stays
+        print("override wins:", cdclip.get("cda") is Mine)
+        """
+    )
+    env = {**os.environ, "CDCLIP_NO_PLUGINS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == [
+        "clash: True", "create cda: CDAModule", "builtins listed: True", "override wins: True"
+    ]  # fmt: skip
