@@ -307,3 +307,12 @@ def test_cam_functions_reject_non_finite_inputs():
     )  # fmt: skip
     with pytest.raises(ValueError, match="cams: expected finite"):
         refine_cams(torch.full((1, 2, 2, 2), NAN), torch.ones(1, 2), output, torch.randn(3, 8), method="none")
+
+
+def test_found_by_fuzzing_huge_cam_scores_and_fully_masked_gradcam_scores():
+    cams = torch.tensor([[[[3e38, 0.0, 1.0]], [[0.0, 3e38, 0.5]]]])  # (1, 2, 1, 3): score / 0.1 overflows
+    out = class_probs_from_cams(cams)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 0], torch.tensor([1.0, 0.0]))
+    scores = gradcam_scores(torch.randn(2, 4), torch.randn(2, 4), torch.zeros(2, 2))  # K = C, nothing present
+    assert torch.equal(scores, torch.zeros(2, 2))

@@ -155,7 +155,9 @@ def class_probs_from_cams(
     if background:
         bg = (1.0 - scores.amax(dim=-1, keepdim=True)).clamp_min(0.0) ** alpha
         scores = torch.cat([bg, scores], dim=-1)
-    return torch.softmax(scores / temperature, dim=-1)
+    # shift by the maximum before dividing: a huge score over a small temperature must not
+    # overflow to inf (inf - inf = NaN inside the softmax)
+    return torch.softmax((scores - scores.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
 
 
 def check_probs(probs: Tensor, name: str = "probs", atol: float = 1e-3) -> None:

@@ -84,7 +84,9 @@ def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit
     logits = logit_scale * F.normalize(global_embedding.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
     keep = torch.ones_like(logits, dtype=torch.bool)
     keep[:, :c] = labels.to(logits.device) > 0
-    return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+    probs = logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+    # no background words and no present class: every score is masked, all zeros (not 0/0 = NaN)
+    return torch.where(keep.any(dim=-1, keepdim=True), probs, torch.zeros_like(probs))
 
 
 def clip_gradcam(
