@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+# set to 1 to see the traceback of an error instead of the one-line message
+TRACEBACK_ENV = "CDCLIP_TRACEBACK"
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,7 +52,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"cdclip {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\ncdclip {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+            raise
+        return _report(name, err)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix (a path, a value, a busy folder, missing weights): a message, exit 2."""
+    from cdclip.backbones._hub import PretrainedWeightsError
+    from cdclip.folder_lock import FolderLockedError
+
+    return (OSError, ValueError, KeyError, ImportError, FolderLockedError, PretrainedWeightsError)
+
+
+def _report(name: str, err: Exception) -> int:
+    """Print ``err`` as one message (no traceback); 2 for a user error, 1 for anything else."""
+    from cdclip.data._io import MissingFilesError
+
+    if isinstance(err, MissingFilesError):
+        text = err.message("--skip-bad")
+    elif isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    if isinstance(err, _user_errors()):
+        print(f"cdclip {name}: error: {text}", file=sys.stderr)
+        return 2
+    print(
+        f"cdclip {name}: internal error ({type(err).__name__}: {text}); "
+        f"set {TRACEBACK_ENV}=1 for the traceback and please report it",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

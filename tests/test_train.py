@@ -266,7 +266,8 @@ def test_checkpoint_is_written_atomically_and_loads_into_a_model(voc_root, tmp_p
     trainer = _trainer(cfg, tiny_clip, None)
     trainer.train()
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint.pt", "config.json", "log.jsonl"]  # no temporary file left behind
+    # no temporary file left behind; the lock file stays (the OS releases the lock, not the file)
+    assert files == [".train.lock", "checkpoint.pt", "config.json", "log.jsonl"]
     assert TrainConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
     fresh = build_model(cfg, backbone=tiny_clip)
     assert isinstance(fresh, CDCLIP)
@@ -329,11 +330,12 @@ def test_cli_train_writes_checkpoint_and_log(voc_root, tmp_path, tiny_prefixes, 
 def test_cli_train_rejects_unknown_keys(tmp_path, capsys):
     import argparse
 
+    from cdclip.cli import main
     from cdclip.commands import train as train_cmd
 
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
-    assert train_cmd.run(parser.parse_args(["--set", "optim.lrr=1", "--out", str(tmp_path)])) == 2
+    assert main(["train", "--set", "optim.lrr=1", "--out", str(tmp_path)]) == 2
     assert "optim.lr" in capsys.readouterr().err
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  dataset: coco\noptim:\n  lr: 3.0e-4\n")

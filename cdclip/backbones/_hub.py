@@ -14,11 +14,21 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlparse
 
-__all__ = ["CONNECT_TIMEOUT_S", "cached_hub_file", "hub_unavailable_reason", "is_offline"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "PretrainedWeightsError",
+    "cached_hub_file",
+    "hub_unavailable_reason",
+    "is_offline",
+]
 
 # Seconds allowed to reach the Hugging Face endpoint before declaring the machine offline.
 CONNECT_TIMEOUT_S = 3.0
 _TRUE = {"1", "true", "yes", "on"}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Weights were requested that can be neither found locally, downloaded nor loaded."""
 
 
 def is_offline() -> bool:

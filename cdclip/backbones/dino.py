@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_tensor
-from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
+from cdclip.backbones._hub import PretrainedWeightsError, cached_hub_file, hub_unavailable_reason
 from cdclip.registry import register
 
 __all__ = [
@@ -48,10 +48,6 @@ __all__ = [
 DEFAULT_DINO = "vit_base_patch16_224.dino"
 FEATURES = ("tokens", "keys")
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were requested but are neither cached nor downloadable."""
 
 
 # ---------------------------------------------------------------------- resampling

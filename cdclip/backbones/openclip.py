@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdclip._checks import check_choice, check_floating, check_rank
-from cdclip.backbones._hub import cached_hub_file, hub_unavailable_reason
+from cdclip.backbones._hub import PretrainedWeightsError, cached_hub_file, hub_unavailable_reason
 from cdclip.backbones.fp16_attention import self_attention_fp16_out
 from cdclip.backbones.output import CLIPOutput
 from cdclip.registry import register
@@ -503,7 +503,7 @@ def create_openclip(
         path = _cached_weights(model_name, str(weights), cache_dir)
         reason = hub_unavailable_reason() if path is None else None
         if reason is not None:
-            raise RuntimeError(
+            raise PretrainedWeightsError(
                 f"open_clip weights for {model_name}@{weights} are not in the local cache and {reason}. "
                 "Pass a local checkpoint instead: "
                 f"create_openclip('{model_name}', weights='/path/to/{model_name}.pt') or on the command line "
@@ -531,7 +531,7 @@ def _load_local(open_clip: Any, model_name: str, path: str, kwargs: dict[str, An
             model_name, pretrained=path, force_quick_gelu=openai_archive, weights_only=False, **kwargs
         )
     except Exception as err:
-        raise RuntimeError(f"weights: could not load {path!r} into open_clip {model_name}: {err}") from err
+        raise PretrainedWeightsError(f"weights: could not load {path!r} into open_clip {model_name}: {err}") from err
 
 
 register("openclip", create_openclip, kind="backbone", prefix=True)

@@ -16,6 +16,13 @@ run resumes where it stopped):
 
 When ground-truth masks exist (VOC/COCO) the pseudo-label mIoU is printed and written to
 ``metrics.json``. Images are processed one at a time; nothing per image is kept in memory.
+
+Safety: every file is written atomically (a killed run leaves complete files or none), and the
+pseudo PNG last, so an image counts as done only when all its outputs are complete; a rerun checks
+each file it skips (PNG trailer, npz CRCs) and recomputes broken ones. ``settings.json`` records
+what made the outputs (input, classes, the model section, the weights' fingerprint) and a rerun
+with other settings refuses, naming the keys, unless ``--overwrite``. ``classes.json`` maps label
+ids to class names. The folder is locked: a second run into it exits with a message.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--background", default=None, choices=("voc", "coco", "none"),
                      help="background word list (default: the preset's)")
     src.add_argument("--limit", type=int, default=None, help="process only the first N images")
+    src.add_argument("--skip-bad", default=None, action=argparse.BooleanOptionalAction,
+                     help="skip (and count) unreadable images (default: on for --images, off for datasets)")
 
     preset = parser.add_argument_group("preset (flags below override it)")
     preset.add_argument("--preset", default=None,
@@ -64,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", default=None,
                        help="checkpoint path, open_clip tag, or 'none' for random weights (default: the tag)")
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    model.add_argument("--seed", type=int, default=0, help="seeds every RNG before the model is built (default 0)")
     model.add_argument("--templates", action="append", default=None,
                        help="prompt template with {} (repeatable; default: the preset's)")
     model.add_argument("--pos-interp", default=None, choices=("bilinear", "bicubic"),
@@ -101,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="output folder (required)")
-    out.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    out.add_argument("--overwrite", action="store_true",
+                     help="recompute every image (needed to change the settings of an existing --out)")
     out.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
 
 
@@ -198,6 +209,9 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
         if not args.classes:
             raise ValueError("--classes: an image folder needs the class names, e.g. --classes cat,dog")
         names = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"--classes: each class once, got {', '.join(repeated)} more than once in {args.classes!r}")
         ds = _Folder(args.images, len(names))
         palette = "voc"
     if config.data.labels_from == "mask":
@@ -217,6 +231,13 @@ def _indices(n: int, limit: int | None) -> Iterator[int]:
 
 
 # ------------------------------------------------------------------------------------------ run
+SETTINGS_NAME = "settings.json"
+LOCK_NAME = ".cams.lock"
+FORMAT = "cdclip-cams-v1"
+_OUTPUT_DIRS = ("cams", "pseudo", "overlay")
+_PNG_END = b"IEND\xaeB`\x82"
+
+
 def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
     from cdclip.registry import create
 
@@ -248,86 +269,262 @@ def _save_overlay(path: Path, image: torch.Tensor, label: np.ndarray, refined: t
     peak = refined.amax(dim=0, keepdim=True)[None] if refined.shape[0] else torch.zeros(1, 1, 1, 1)
     heat = F.interpolate(peak.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     right = overlay(rgb, heat.clamp(0, 1).numpy().astype(np.float32), alpha=0.5)
-    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate([left, right], axis=1)).save(path)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _intact(path: Path) -> bool:
+    """A cheap check that a file was written completely: a PNG ends with IEND, an npz's CRCs hold."""
+    import zipfile
 
-    from cdclip.data.palette import load_label_png, save_label_png
-    from cdclip.metrics import ConfusionMatrix
-    from cdclip.pipeline.pseudo_labels import PseudoLabeler
-    from cdclip.pipeline.trainer import labels_from_mask
+    try:
+        if path.suffix == ".png":
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                handle.seek(max(0, size - len(_PNG_END)))
+                return size > 8 + len(_PNG_END) and handle.read() == _PNG_END
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _settings(args: argparse.Namespace, config: Any, class_names: tuple[str, ...],
+              bg_words: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """What decides the outputs: input, classes, the model section, normalisation and the weights."""
+    kind, root = next((k, getattr(args, k)) for k in ("voc", "coco", "images") if getattr(args, k) is not None)
+    return {
+        "format": FORMAT,
+        "input": {
+            "kind": kind, "root": str(Path(root).resolve()), "split": args.split if kind != "images" else None,
+            "label_file": str(Path(args.label_file).resolve()) if args.label_file else None,
+            "labels_from": config.data.labels_from,
+        },
+        "classes": list(class_names),
+        "background_words": list(bg_words),
+        "normalize": config.data.normalize,
+        "model": config.to_dict()["model"],
+        "weights": {"source": args.weights, "fingerprint": None},
+    }  # fmt: skip
+
+
+def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool, ignore: tuple[str, ...] = ()) -> bool:
+    """Refuse outputs made with other settings (unless ``overwrite``); returns whether they differ."""
+    from cdclip.run_settings import SettingsMismatchError, require_same_settings
+
+    hint = "use another --out, or pass --overwrite to recompute every image with the new settings"
+    try:
+        require_same_settings(out / SETTINGS_NAME, settings, hint, ignore=ignore)
+    except SettingsMismatchError:
+        if not overwrite:
+            raise
+        return True
+    return False
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove the outputs of other settings (``--overwrite`` after a change): none may look current."""
+    for folder in _OUTPUT_DIRS:
+        for path in (out / folder).glob("*"):
+            if path.suffix in (".npz", ".png"):
+                path.unlink()
+    (out / "metrics.json").unlink(missing_ok=True)
+
+
+def _check_out(out: Path | None) -> Path:
+    if out is None:
+        raise ValueError("--out: an output folder is required")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out: {out} exists and is not a folder")
+    return out
+
+
+def _classes_table(class_names: tuple[str, ...]) -> str:
+    return json.dumps({"0": "background", **{str(i + 1): n for i, n in enumerate(class_names)}}, indent=2) + "\n"
+
+
+class _Counts:
+    """What a run did, for the summary line and ``metrics.json``."""
+
+    def __init__(self) -> None:
+        self.computed = self.skipped = self.scored = self.bad = self.unlabelled = 0
+        self.bad_names: list[str] = []
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdclip.atomic import atomic_write_text, remove_stale_temps
+    from cdclip.device import check_device
+    from cdclip.folder_lock import folder_lock
 
     if args.list_presets:
         print_presets()
         return 0
-    try:
-        if args.out is None or (args.images is None and args.voc is None and args.coco is None):
-            raise ValueError("--out and one of --images, --voc, --coco are required")
-        config = model_config(args)
-        dataset, class_names, bg_words, palette = _dataset(args, config)
-        labeler = PseudoLabeler.from_config(config, class_names, bg_words, _build_backbone(args, config.model))
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        print(f"cdclip cams: error: {err}", file=sys.stderr)
-        return 2
-    refine = config.model.refine
+    if args.images is None and args.voc is None and args.coco is None:
+        raise ValueError("input: one of --images, --voc, --coco is required")
+    out = _check_out(args.out)
+    check_device(args.device, "--device")
+    config = model_config(args)
+    dataset, class_names, bg_words, palette = _dataset(args, config)
+    settings = _settings(args, config, class_names, bg_words)
+    with folder_lock(out, LOCK_NAME):
+        remove_stale_temps(out)
+        _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint",))
+        labeler = _build_labeler(args, config, class_names, bg_words, settings)
+        if _check_settings(out, settings, args.overwrite):
+            _clear_outputs(out)
+        write_settings_record(out, settings)
+        atomic_write_text(out / "classes.json", _classes_table(class_names))
+        matrix, counts = _process(args, config, dataset, labeler, out, palette, len(class_names))
+        _report(out, matrix, counts, class_names, settings, args.preset)
+    return 0
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    overlay_on = not args.no_overlay
-    matrix = ConfusionMatrix(len(class_names) + 1, ignore_index=255)
-    scored = computed = skipped = 0
-    for index in tqdm(list(_indices(len(dataset), args.limit)), desc="cdclip cams", unit="img"):
-        item = dataset[index]
-        name = str(item["name"])
-        mask = item.get("mask")
-        paths = _outputs(out, name, overlay_on)
-        if not args.overwrite and all(p.is_file() for p in paths):
-            skipped += 1
-            if mask is not None:
-                matrix.update(torch.from_numpy(load_label_png(paths[1])), torch.as_tensor(mask))
-                scored += 1
-            continue
-        image = torch.as_tensor(item["image"]).to(torch.uint8)
-        labels = torch.as_tensor(item["labels"]).float()[None]
-        if config.data.labels_from == "mask" and mask is not None:
-            labels = labels_from_mask(mask, labels.shape[1])[None]
-        result = labeler(image[None], labels)
-        label = result.labels[0].cpu()
-        keys = torch.nonzero(labels[0] > 0).flatten()
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
+
+def write_settings_record(out: Path, settings: dict[str, Any]) -> None:
+    from cdclip.run_settings import write_settings
+
+    write_settings(out / SETTINGS_NAME, settings)
+
+
+def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str, ...], bg_words: tuple[str, ...],
+                   settings: dict[str, Any]) -> Any:  # fmt: skip
+    """Seed, build the backbone (its fingerprint goes into ``settings``) and the pseudo labeller."""
+    from cdclip.fingerprint import weights_fingerprint
+    from cdclip.pipeline.pseudo_labels import PseudoLabeler
+    from cdclip.seeding import seed_everything
+
+    seed_everything(args.seed)
+    backbone = _build_backbone(args, config.model)
+    settings["weights"]["fingerprint"] = weights_fingerprint(backbone)
+    return PseudoLabeler.from_config(config, class_names, bg_words, backbone)
+
+
+def _load(dataset: Any, index: int, skip_bad: bool, counts: _Counts) -> dict[str, Any] | None:
+    """The sample, or ``None`` (counted) when its files are broken and ``--skip-bad`` is on."""
+    from cdclip.data._io import DataFileError
+
+    loader = getattr(dataset, "load", dataset.__getitem__)
+    try:
+        return loader(index)
+    except DataFileError as err:
+        if not skip_bad:
+            raise
+        counts.bad += 1
+        counts.bad_names.append(f"{getattr(dataset, 'names', [index])[index]} ({err.reason})")
+        return None
+
+
+def _labels_of(item: dict[str, Any], config: Any, num_classes: int) -> torch.Tensor:
+    from cdclip.pipeline.trainer import labels_from_mask
+
+    labels = torch.as_tensor(item["labels"]).float()
+    if not bool(torch.isfinite(labels).all()):
+        raise ValueError(f"labels of {item['name']}: expected 0/1 values, got {labels.tolist()}")
+    if config.data.labels_from == "mask" and item.get("mask") is not None:
+        labels = labels_from_mask(item["mask"], num_classes)
+    return labels[None]
+
+
+def _skip_existing(paths: list[Path], overwrite: bool) -> np.ndarray | None:
+    """The stored pseudo label when every output of the image is complete (else ``None``: recompute)."""
+    from cdclip.data.palette import load_label_png
+
+    if overwrite or not all(p.is_file() and _intact(p) for p in paths):
+        return None
+    try:
+        return load_label_png(paths[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result: Any, palette: str) -> torch.Tensor:
+    """Write the image's outputs, each atomically, the pseudo label last; returns the label map."""
+    from cdclip.atomic import atomic_path
+    from cdclip.data.palette import save_label_png
+
+    label = result.labels[0].cpu()
+    keys = torch.nonzero(labels[0] > 0).flatten()
+    with atomic_path(paths[0]) as tmp:
         np.savez_compressed(
-            paths[0],
+            tmp,
             keys=(keys + 1).numpy().astype(np.int64),
             cams=result.cams[0, keys].cpu().numpy().astype(np.float16),
             refined=result.refined[0, keys].cpu().numpy().astype(np.float16),
             size=np.asarray(image.shape[-2:], dtype=np.int64),
         )
-        save_label_png(paths[1], label.numpy().astype(np.uint8), palette=palette)
-        if overlay_on:
-            _save_overlay(paths[2], image, label.numpy(), result.refined[0, keys].cpu(), palette)
+    if len(paths) > 2:
+        with atomic_path(paths[2]) as tmp:
+            _save_overlay(tmp, image, label.numpy(), result.refined[0, keys].cpu(), palette)
+    with atomic_path(paths[1]) as tmp:
+        save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
+    return label
+
+
+def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, out: Path, palette: str,
+             num_classes: int) -> tuple[Any, _Counts]:  # fmt: skip
+    """Every image: skip complete outputs (re-reading the label for the score), else compute and write."""
+    from tqdm import tqdm
+
+    from cdclip.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(num_classes + 1, ignore_index=255)
+    counts = _Counts()
+    skip_bad = args.skip_bad if args.skip_bad is not None else args.images is not None
+    for index in tqdm(list(_indices(len(dataset), args.limit)), desc="cdclip cams", unit="img"):
+        item = _load(dataset, index, skip_bad, counts)
+        if item is None:
+            continue
+        name, mask = str(item["name"]), item.get("mask")
+        paths = _outputs(out, name, not args.no_overlay)
+        label = _skip_existing(paths, args.overwrite)
+        if label is not None:
+            counts.skipped += 1
+            label = torch.from_numpy(label)
+        else:
+            image = _as_uint8(item["image"], name)
+            labels = _labels_of(item, config, num_classes)
+            counts.unlabelled += int(not bool((labels > 0).any()))
+            label = _write(paths, image, labels, labeler(image[None], labels), palette)
+            counts.computed += 1
         if mask is not None:
             matrix.update(label, torch.as_tensor(mask))
-            scored += 1
-        computed += 1
-        del item, image, result, label, mask
+            counts.scored += 1
+    return matrix, counts
 
-    print(f"cdclip cams: {computed} computed, {skipped} skipped (existing), outputs in {out}")
-    if scored:
-        names_bg = ("background", *class_names)
-        miou = float(matrix.miou())
-        print(matrix.table(names_bg))
-        print(f"pseudo-label mIoU: {100 * miou:.2f} on {scored} images")
-        metrics = {
-            "miou": miou,
-            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names_bg, matrix.iou(), strict=True)},
-            "images": scored,
-            "cam": config.model.cam,
-            "refine": refine,
-            "backbone": config.model.clip,
-            "preset": args.preset,
-        }
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return 0
+
+def _as_uint8(image: Any, name: str) -> torch.Tensor:
+    """The reader's (3, H, W) uint8 image; anything else is refused (never wrapped or saturated)."""
+    tensor = torch.as_tensor(image)
+    if tensor.dtype != torch.uint8:
+        raise TypeError(f"image {name}: expected (3, H, W) uint8 from the image reader, got {tensor.dtype}")
+    return tensor
+
+
+def _report(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
+            preset: str | None) -> None:  # fmt: skip
+    """The summary line, warnings about skipped and unlabelled images, the score and ``metrics.json``."""
+    from cdclip.atomic import atomic_write_text
+
+    print(f"cdclip cams: {counts.computed} computed, {counts.skipped} skipped (existing), outputs in {out}")
+    if counts.bad:
+        shown = ", ".join(counts.bad_names[:5]) + (" ..." if counts.bad > 5 else "")
+        print(f"cdclip cams: warning: {counts.bad} unreadable image(s) skipped: {shown}", file=sys.stderr)
+    if counts.unlabelled:
+        print(f"cdclip cams: warning: {counts.unlabelled} image(s) have no class in their labels "
+              "(their pseudo labels are all background)", file=sys.stderr)  # fmt: skip
+    if not counts.scored:
+        return
+    names_bg = ("background", *class_names)
+    miou = float(matrix.miou())
+    print(matrix.table(names_bg))
+    print(f"pseudo-label mIoU: {100 * miou:.2f} on {counts.scored} images")
+    metrics = {
+        "miou": miou,
+        "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names_bg, matrix.iou(), strict=True)},
+        "images": counts.scored,
+        "unreadable_images": counts.bad,
+        "cam": settings["model"]["cam"],
+        "refine": settings["model"]["refine"],
+        "backbone": settings["model"]["clip"],
+        "weights": settings["weights"],
+        "preset": preset,
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

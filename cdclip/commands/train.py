@@ -73,11 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--out", type=Path, default=None, help="output folder (out_dir)")
     run_.add_argument("--iters", type=int, default=None, help="training iterations (iters)")
     run_.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    run_.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
+    run_.add_argument("--skip-bad", action="store_true", help="skip (and count) images with missing or broken files")
     run_.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     run_.add_argument(
         "--amp", default=None, choices=("none", "bf16", "fp16"), help="decoder mixed precision (CUDA)"
     )
-    run_.add_argument("--seed", type=int, default=None)
+    run_.add_argument("--seed", type=int, default=None,
+                      help="seeds everything: random backbones, decoder, data order, augmentation (default 0)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -112,8 +115,6 @@ def _check_training_preset(name: str) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` described by the command-line arguments."""
-    import torch
-
     from cdclip.pipeline.config import TrainConfig, apply_overrides, preset
 
     file_data: dict[str, Any] = {}
@@ -150,8 +151,6 @@ def build_config(args: argparse.Namespace) -> Any:
         direct["progress"] = False
     if args.device is not None:
         direct["device"] = args.device
-    elif "device" not in file_data:
-        direct["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     config = apply_overrides(config, direct)
     return apply_overrides(config, _parse_overrides(args.overrides))
 
@@ -162,29 +161,27 @@ def run(args: argparse.Namespace) -> int:
 
         print_presets(training_only=True)
         return 0
-    try:
-        config = build_config(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"cdclip train: {err}", file=sys.stderr)
-        return 2
+    config = build_config(args)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    if config.data.root is None:
-        print("cdclip train: no dataset folder; pass --data-root (or data.root in --config)", file=sys.stderr)
-        return 2
+    _check_before_building(args, config)
 
     from cdclip.pipeline.model import build_model
-    from cdclip.pipeline.trainer import Trainer, build_dataset
+    from cdclip.pipeline.trainer import Trainer, TrainingStopped, build_dataset
 
-    dataset = build_dataset(config.data)
+    dataset = build_dataset(config.data, skip_bad=args.skip_bad)
+    _report_unlabelled(dataset)
     model = build_model(config)
     trainer = Trainer(config, model, dataset)
     print(f"cdclip train: {len(dataset)} images, {config.iters} iterations, output {trainer.out_dir}")
     try:
-        last = trainer.train(resume=args.resume)
+        last = trainer.train(resume=args.resume, overwrite=args.overwrite)
+    except TrainingStopped as stopped:
+        print(f"cdclip train: {stopped} (resume with --resume)", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         print(f"\ncdclip train: interrupted; checkpoint at {trainer.checkpoint_path} (resume with --resume)",
               file=sys.stderr)  # fmt: skip
@@ -194,3 +191,32 @@ def run(args: argparse.Namespace) -> int:
         f"cdclip train: done at iteration {trainer.iteration}; {summary}; checkpoint {trainer.checkpoint_path}"
     )
     return 0
+
+
+def _check_before_building(args: argparse.Namespace, config: Any) -> None:
+    """Everything that can be checked before the models are built (seconds to minutes)."""
+    from cdclip.device import check_device
+
+    if config.data.root is None:
+        raise ValueError("--data-root: no dataset folder; pass --data-root (or data.root in --config)")
+    if not Path(config.data.root).is_dir():
+        raise FileNotFoundError(f"--data-root: folder not found: {config.data.root}")
+    check_device(config.device, "--device")
+    out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out: {out} exists and is not a folder")
+    if not (args.resume or args.overwrite) and any((out / n).exists() for n in ("checkpoint.pt", "log.jsonl")):
+        raise FileExistsError(
+            f"--out: {out} already holds a training run; pass --resume to continue it or --overwrite to start again"
+        )
+
+
+def _report_unlabelled(dataset: Any) -> None:
+    """Say how many training images have no class at all (they train as background only)."""
+    import numpy as np
+
+    labels = (dataset.labels_of(name) for name in getattr(dataset, "names", ()))
+    count = sum(1 for vector in labels if vector is not None and not np.any(np.asarray(vector) > 0))
+    if count:
+        print(f"cdclip train: warning: {count} image(s) have no class in the label file and train as "
+              "background only", file=sys.stderr)  # fmt: skip

@@ -53,13 +53,16 @@ class MissingFilesError(FileNotFoundError):
     """Several ids of a split have no file; all of them are listed at once (``.missing``)."""
 
     def __init__(self, what: str, missing: Sequence[tuple[str, Path]]) -> None:
+        self.what = what
         self.missing = list(missing)
+        super().__init__(self.message("skip_bad=True"))
+
+    def message(self, skip_option: str) -> str:
+        """The error text with ``skip_option`` as the way out (the CLI says ``--skip-bad``)."""
         shown = "\n".join(f"  {name}: {path}" for name, path in self.missing[:_LIST_LIMIT])
         more = len(self.missing) - _LIST_LIMIT
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(
-            f"{len(self.missing)} {what} missing (pass skip_bad=True to skip them):\n{shown}{tail}"
-        )
+        return f"{len(self.missing)} {self.what} missing (pass {skip_option} to skip them):\n{shown}{tail}"
 
 
 def _describe(err: BaseException) -> str:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from cdclip.device import default_device
 
 __all__ = [
     "DataConfig",
@@ -38,6 +41,8 @@ REFINE_CHOICES = ("none", "attn", "mean", "replace", "product")
 CAM_CHOICES = ("gradcam", "patch_text")
 CAM_TARGETS = ("ln1_out", "block_in")
 DATASETS = ("voc", "coco")
+# foreground classes per dataset (label ids 0..N, 0 = background)
+DATASET_CLASSES = {"voc": 20, "coco": 80}
 AMP_CHOICES = ("none", "bf16", "fp16")
 AFFINITY_CHOICES = ("exp", "power", "linear")
 POS_INTERPS = ("bilinear", "bicubic")
@@ -95,6 +100,9 @@ class ModelConfig:
         cam_resize, cam_long_side, cam_scales, cam_flip: the training-free input of ``cdclip cams``:
             resize mode (``pil_bicubic``: CLIP-ES; ``bilinear``), long side (``None``: native size,
             sides rounded up to 16), CAM scales and horizontal flip.
+        cam_max_side: working-resolution cap of ``cdclip cams`` (long side in pixels, 1024;
+            ``None``: no cap): a larger image is shrunk to it (antialiased) for CLIP, the CAMs and
+            PAR, and its label map is upsampled back (nearest); ``cam_long_side`` may not exceed it.
         refine: CAM refinement: ``mean`` (CDA fused with attention, default), ``replace``,
             ``product``, ``attn`` (MHSA baseline, CDA off) or ``none``.
         attn_layers: last CLIP blocks averaged into the attention affinity (8).
@@ -142,6 +150,7 @@ class ModelConfig:
     cam_target: str = "ln1_out"
     cam_resize: str = "pil_bicubic"
     cam_long_side: int | None = None
+    cam_max_side: int | None = 1024
     cam_scales: tuple[float, ...] = (1.0,)
     cam_flip: bool = False
     refine: str = "mean"
@@ -187,6 +196,13 @@ class ModelConfig:
         _choice(self.decoder_activation, "model.decoder_activation", ACTIVATIONS)
         if self.cam_long_side is not None and self.cam_long_side < 1:
             raise ValueError(f"model.cam_long_side: expected a positive int or None, got {self.cam_long_side!r}")
+        if self.cam_max_side is not None and self.cam_max_side < 1:
+            raise ValueError(f"model.cam_max_side: expected a positive int or None, got {self.cam_max_side!r}")
+        if None not in (self.cam_max_side, self.cam_long_side) and self.cam_long_side > self.cam_max_side:
+            raise ValueError(
+                f"model.cam_long_side: expected at most model.cam_max_side={self.cam_max_side}, got "
+                f"{self.cam_long_side}; raise model.cam_max_side (or set it to null) for a larger CLIP input"
+            )
         if not self.cam_scales or any(v <= 0 for v in self.cam_scales):
             raise ValueError(f"model.cam_scales: expected positive scales, got {self.cam_scales!r}")
         if self.bg_threshold is not None and not 0.0 <= self.bg_threshold <= 1.0:
@@ -210,7 +226,7 @@ class ModelConfig:
             raise ValueError(
                 f"model.par_iters / model.attn_layers: expected >= 0 / >= 1, got {self.par_iters} / {self.attn_layers}"
             )
-        if self.decoder_dim % self.decoder_heads:
+        if self.decoder_heads >= 1 and self.decoder_dim % self.decoder_heads:
             raise ValueError(
                 f"model.decoder_dim: expected a multiple of decoder_heads={self.decoder_heads}, got {self.decoder_dim}"
             )
@@ -218,6 +234,20 @@ class ModelConfig:
             raise ValueError(f"model.band_kernel: expected an odd positive int, got {self.band_kernel!r}")
         if self.decoder_blocks is not None and self.decoder_blocks < 1:
             raise ValueError(f"model.decoder_blocks: expected >= 1 or None, got {self.decoder_blocks!r}")
+        for key in ("cda_sigma", "cda_beta", "cd_logit_scale", "bg_alpha", "decoder_mlp_ratio"):
+            _positive(getattr(self, key), f"model.{key}")
+        if not self.par_dilations or any(d < 1 for d in self.par_dilations):
+            raise ValueError(f"model.par_dilations: expected one or more positive ints, got {self.par_dilations!r}")
+        if not 0.0 <= self.seed_threshold <= 1.0 or not 0.0 <= self.decoder_dropout < 1.0:
+            raise ValueError(
+                f"model.seed_threshold / model.decoder_dropout: expected [0, 1] / [0, 1), "
+                f"got {self.seed_threshold!r} / {self.decoder_dropout!r}"
+            )
+        if min(self.decoder_dim, self.decoder_layers, self.decoder_heads) < 1:
+            raise ValueError(
+                "model.decoder_dim / decoder_layers / decoder_heads: expected >= 1, got "
+                f"{self.decoder_dim} / {self.decoder_layers} / {self.decoder_heads}"
+            )
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ValueError(
                 f"model.templates: expected templates with a '{{}}' placeholder, got {self.templates!r}"
@@ -369,7 +399,7 @@ class TrainConfig:
         model, data, optim, loss: the sections.
         iters: training iterations (30k VOC, 80k COCO).
         seed: seeds the decoder initialisation, the data order and the augmentation.
-        device: ``cuda``/``cpu``/``cuda:1``.
+        device: ``cuda``/``cpu``/``cuda:1`` (default: ``cuda`` when a GPU is usable, else ``cpu``).
         amp: mixed precision for the decoder on CUDA: ``none``, ``bf16`` or ``fp16`` (ignored on CPU).
         out_dir: where the checkpoint and the log go.
         log_every: iterations between JSONL log lines (losses averaged over the window).
@@ -387,7 +417,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     iters: int = 30000
     seed: int = 0
-    device: str = "cuda"
+    device: str = field(default_factory=default_device)
     amp: str = "none"
     out_dir: str = "runs/cdclip"
     log_every: int = 50
@@ -397,6 +427,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice(self.amp, "amp", AMP_CHOICES)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {self.seed!r}")
+        classes = DATASET_CLASSES[self.data.dataset]
+        if 0 <= self.loss.ignore_index <= classes:
+            raise ValueError(
+                f"loss.ignore_index: {self.loss.ignore_index} is a class id of {self.data.dataset} (0..{classes}); "
+                "expected a value outside it, such as 255"
+            )
         if self.iters < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 f"iters / log_every / checkpoint_every: expected >= 1, got "
@@ -485,14 +523,26 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        return _finite_float(value, name)
     if hint is str:
         if not isinstance(value, str):
             raise TypeError(f"{name}: expected a string, got {type(value).__name__} {value!r}")
         return value
     return value
+
+
+def _finite_float(value: Any, name: str) -> float:
+    """A finite float; numeric strings are read too (YAML 1.1, as PyYAML speaks it, reads ``1e-4`` as text)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise TypeError(f"{name}: expected a number, got str {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:

@@ -398,17 +398,20 @@ def build_model(
 ) -> CDCLIP:
     """Build :class:`CDCLIP` from a :class:`TrainConfig` (backbones from the registry unless given).
 
-    The DINO backbone is only built when ``loss.lambda_be > 0`` and ``model.dino`` is set. The
-    decoder is initialised under ``torch.manual_seed(config.seed)``.
+    The DINO backbone is only built when ``loss.lambda_be > 0`` and ``model.dino`` is set. Every
+    RNG is seeded with ``config.seed`` before the backbones are built (random weights are then
+    reproducible) and torch's again before the decoder is initialised.
 
     Shape:
         - output.predict: (B, 3, H, W) -> (B, C + 1, H, W)
     """
     from cdclip.data.prompts import background_words as bg_words
     from cdclip.registry import create
+    from cdclip.seeding import seed_everything
 
     cfg = config.model
     device = torch.device(device if device is not None else config.device)
+    seed_everything(config.seed)  # randomly initialised backbones (weights "none") are part of the run's seed
     if backbone is None:
         kwargs: dict[str, Any] = {
             "device": device,

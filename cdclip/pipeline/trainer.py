@@ -27,6 +27,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,13 +40,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from cdclip.fingerprint import weights_fingerprint
+from cdclip.folder_lock import folder_lock
 from cdclip.pipeline.config import DataConfig, OptimConfig, TrainConfig
+from cdclip.run_settings import SettingsMismatchError, compare_settings
+from cdclip.seeding import seed_everything
 
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "RESUMABLE_KEYS",
+    "RunExistsError",
     "SeededSamples",
     "Trainer",
+    "TrainingStopped",
     "TrainingTransform",
     "build_dataset",
     "lr_factor",
@@ -53,6 +63,10 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 FORMAT = "cdclip-train-v1"
+LOCK_NAME = ".train.lock"
+# settings a resumed run may change: where things are and how they are reported, not what is computed
+RESUMABLE_KEYS = ("out_dir", "progress", "device", "log_every", "checkpoint_every", "keep_checkpoints",
+                  "data.root", "data.num_workers")  # fmt: skip
 _SEED_MOD = 2**62
 
 
@@ -127,8 +141,10 @@ def labels_from_mask(mask: Any, num_classes: int) -> torch.Tensor:
     return labels
 
 
-def build_dataset(data: DataConfig, transform: Any = "train") -> Dataset:
+def build_dataset(data: DataConfig, transform: Any = "train", skip_bad: bool = False) -> Dataset:
     """The training dataset of ``data`` (VOC or COCO) with :class:`TrainingTransform` by default.
+
+    ``skip_bad`` skips (and counts in ``dataset.skipped``) samples whose files are missing or broken.
 
     Shape:
         - item["image"]: (3, crop, crop) float32, item["valid"]: (crop, crop) bool, item["labels"]: (C,)
@@ -146,10 +162,10 @@ def build_dataset(data: DataConfig, transform: Any = "train") -> Dataset:
     if data.dataset == "voc":
         from cdclip.data.voc import VOCSegmentation
 
-        return VOCSegmentation(data.root, data.split, transform=tf, label_file=data.label_file)
+        return VOCSegmentation(data.root, data.split, transform=tf, label_file=data.label_file, skip_bad=skip_bad)
     from cdclip.data.coco import COCOSegmentation
 
-    return COCOSegmentation(data.root, data.split, transform=tf, label_file=data.label_file)
+    return COCOSegmentation(data.root, data.split, transform=tf, label_file=data.label_file, skip_bad=skip_bad)
 
 
 class SeededSamples(Dataset):
@@ -223,14 +239,22 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
             warnings.warn("resume: could not restore the CUDA RNG states", RuntimeWarning, stacklevel=2)
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    random.seed(seed)
-
-
 class _NonFiniteLoss(FloatingPointError):
     """Raised when the loss is NaN/inf: the checkpoint is then *not* overwritten."""
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a training run and neither resume nor overwrite was asked."""
+
+
+class TrainingStopped(Exception):
+    """A SIGTERM stopped training; a checkpoint of the last completed iteration was written."""
+
+    def __init__(self, iteration: int, checkpoint: Path, signum: int) -> None:
+        self.iteration, self.checkpoint, self.signum = iteration, checkpoint, signum
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at iteration {iteration}; checkpoint {checkpoint}"
+        )
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -307,6 +331,12 @@ class Trainer:
         return self.out_dir / LOG_NAME
 
     # ------------------------------------------------------------------ checkpoints
+    @functools.cached_property
+    def frozen_fingerprint(self) -> str:
+        """:func:`~cdclip.fingerprint.weights_fingerprint` of everything but the decoder (CLIP, DINO)."""
+        frozen = {k: v for k, v in self.model.state_dict().items() if not k.startswith("decoder.")}
+        return weights_fingerprint(frozen)
+
     def state_dict(self, rng: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly: decoder, optimiser, schedule, RNG, config."""
         return {
@@ -319,45 +349,31 @@ class Trainer:
             "rng": dict(rng) if rng is not None else _rng_state(),
             "config": self.config.to_dict(),
             "class_names": list(getattr(self.model, "class_names", ())),
+            "frozen_fingerprint": self.frozen_fingerprint,
         }
 
     def save_checkpoint(
         self, path: str | os.PathLike[str] | None = None, rng: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write the state atomically (temporary file in the same folder, then ``os.replace``)."""
+        """Write the state atomically (temporary file in the same folder, fsync, then ``os.replace``)."""
         target = Path(path) if path is not None else self.checkpoint_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(self.state_dict(rng), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        state = self.state_dict(rng)
+        with atomic_path(target, fsync=True) as tmp:
+            torch.save(state, tmp)
         return target
 
     def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
-        """Restore a checkpoint written by :meth:`save_checkpoint`; returns its iteration."""
+        """Restore a checkpoint written by :meth:`save_checkpoint`; returns its iteration.
+
+        Raises:
+            SettingsMismatchError: the configuration differs in a key outside :data:`RESUMABLE_KEYS`,
+                or the frozen backbones are not the ones the run started with.
+        """
         source = Path(path) if path is not None else self.checkpoint_path
         state = torch.load(source, map_location="cpu", weights_only=False)
         if not isinstance(state, Mapping) or state.get("format") != FORMAT:
             raise ValueError(f"checkpoint: {source} is not a cdclip training checkpoint ({FORMAT})")
-        saved = state.get("config", {})
-        current = self.config.to_dict()
-        changed = sorted(
-            f"{section}.{key}"
-            for section, values in current.items()
-            if isinstance(values, dict) and isinstance(saved.get(section), dict)
-            for key in values
-            if saved[section].get(key) != values[key]
-        )
-        if changed:
-            warnings.warn(
-                f"resume: config differs from the checkpoint's in {', '.join(changed)}", stacklevel=2
-            )
+        self._check_resumable(state, source)
         self.model.decoder.load_state_dict(state["decoder"])  # type: ignore[union-attr]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -365,6 +381,19 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         return self.iteration
+
+    def _check_resumable(self, state: Mapping[str, Any], source: Path) -> None:
+        """Refuse to continue a checkpoint with another configuration or other frozen weights."""
+        hint = "resume with the checkpoint's settings, or start again with --overwrite (Trainer.train(overwrite=True))"
+        differences = compare_settings(state.get("config", {}), self.config.to_dict(), ignore=RESUMABLE_KEYS)
+        stored = state.get("frozen_fingerprint")
+        if stored is None:
+            warnings.warn(f"resume: {source} has no backbone fingerprint; the frozen weights are not checked",
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        elif stored != self.frozen_fingerprint:
+            differences.append(("frozen backbone weights (fingerprint)", stored, self.frozen_fingerprint))
+        if differences:
+            raise SettingsMismatchError(source.parent, differences, hint)
 
     # ------------------------------------------------------------------ data
     def batches(self) -> Iterator[Any]:
@@ -419,41 +448,67 @@ class Trainer:
         self.iteration += 1
         return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
 
-    def train(self, resume: bool = False, iters: int | None = None) -> dict[str, float]:
+    def train(self, resume: bool = False, iters: int | None = None, overwrite: bool = False) -> dict[str, float]:
         """Train until ``iters`` (default ``config.iters``) iterations are done.
 
+        The output folder is locked for the whole run (a second run into it raises
+        :class:`~cdclip.folder_lock.FolderLockedError`) and temporary files a killed run left are
+        removed. A SIGTERM (what schedulers send on pre-emption) finishes the current iteration,
+        writes a checkpoint and raises :class:`TrainingStopped`.
+
         Args:
-            resume: continue from ``checkpoint.pt`` in the output folder when it exists.
+            resume: continue from ``checkpoint.pt`` in the output folder when it exists; its
+                configuration must match (see :meth:`load_checkpoint`).
             iters: stop after this many iterations in total (the schedule still spans
                 ``config.iters``); useful to split a run.
+            overwrite: start again in a folder that already holds a run (its log, checkpoints
+                and config are replaced).
 
         Returns:
             The losses averaged over the last logging window (``{}`` when nothing ran).
+
+        Raises:
+            RunExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
         """
-        cfg = self.config
-        total = cfg.iters if iters is None else int(iters)
-        if total > cfg.iters:
-            raise ValueError(f"iters: expected at most config.iters={cfg.iters}, got {total}")
+        total = self.config.iters if iters is None else int(iters)
+        if total > self.config.iters:
+            raise ValueError(f"iters: expected at most config.iters={self.config.iters}, got {total}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.out_dir, LOCK_NAME):
+            remove_stale_temps(self.out_dir, recursive=False)
+            self._begin(resume, overwrite)
+            if self.iteration >= total:
+                return {}
+            with _StopOnSignal() as stop:
+                return self._loop(total, stop)
+
+    def _begin(self, resume: bool, overwrite: bool) -> None:
+        """Load the checkpoint (``resume``) or start from iteration 0 in an empty or overwritten folder."""
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
             self._log({"event": "resume", "iter": self.iteration, "time": time.time()})
-        else:
-            if resume:
-                warnings.warn(
-                    f"resume: no checkpoint at {self.checkpoint_path}; starting from scratch", stacklevel=2
-                )
-            self.iteration = 0
-            _seed_everything(cfg.seed)
-            (self.out_dir / "config.json").write_text(
-                json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8"
+            return
+        existing = [p for p in (self.checkpoint_path, self.log_path, self.out_dir / "config.json") if p.exists()]
+        if existing and not overwrite and not (resume and not self.checkpoint_path.exists()):
+            raise RunExistsError(
+                f"{self.out_dir} already holds a training run ({', '.join(p.name for p in existing)}); "
+                "pass --resume to continue it or --overwrite to start again (Trainer.train(resume=True / "
+                "overwrite=True))"
             )
-            self._log({"event": "start", "iter": 0, "time": time.time()})
-        if self.iteration >= total:
-            return {}
+        if resume:
+            warnings.warn(f"resume: no checkpoint at {self.checkpoint_path}; starting from scratch", stacklevel=3)
+        for old in [self.log_path, *self.out_dir.glob("iter_*.pt")]:
+            old.unlink(missing_ok=True)
+        self.iteration = 0
+        seed_everything(self.config.seed)
+        atomic_write_text(self.out_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self._log({"event": "start", "iter": 0, "time": time.time()})
 
+    def _loop(self, total: int, stop: _StopOnSignal) -> dict[str, float]:
+        """The iterations from ``self.iteration`` to ``total``, with logging, checkpoints and crash saves."""
         from tqdm.auto import tqdm
 
+        cfg = self.config
         window: dict[str, torch.Tensor] = {}
         count = 0
         last: dict[str, float] = {}
@@ -489,21 +544,61 @@ class Trainer:
                     self.save_checkpoint()
                     if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
                         self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
+                if stop.signum is not None and self.iteration < total:
+                    self._stop(stop.signum)
             self._log({"event": "end", "iter": self.iteration, "time": time.time()})
-        except _NonFiniteLoss:
-            self._log({"event": "non_finite_loss", "iter": self.iteration, "time": time.time()})
+        except (_NonFiniteLoss, TrainingStopped) as err:
+            if isinstance(err, _NonFiniteLoss):
+                self._log({"event": "non_finite_loss", "iter": self.iteration, "time": time.time()})
             raise
         except BaseException as err:
-            try:
-                self.save_checkpoint(rng=self._rng_at_start)
-                self._log({"event": "interrupted", "iter": self.iteration, "error": type(err).__name__,
-                           "time": time.time()})  # fmt: skip
-            except Exception as save_err:  # never hide the original error
-                warnings.warn(
-                    f"could not save the crash checkpoint: {save_err}", RuntimeWarning, stacklevel=2
-                )
+            self._save_after_crash(err)
+            if stop.signum is not None:  # e.g. a DataLoader worker that the same SIGTERM killed
+                raise TrainingStopped(self.iteration, self.checkpoint_path, stop.signum) from err
             raise
         finally:
             bar.close()
             data.close()
         return last
+
+    def _stop(self, signum: int) -> None:
+        """Checkpoint the completed iteration and stop (a SIGTERM arrived)."""
+        self.save_checkpoint()
+        self._log({"event": "terminated", "iter": self.iteration, "signal": signal.Signals(signum).name,
+                   "time": time.time()})  # fmt: skip
+        raise TrainingStopped(self.iteration, self.checkpoint_path, signum)
+
+    def _save_after_crash(self, err: BaseException) -> None:
+        """Checkpoint of the last completed iteration after an exception (never hides ``err``)."""
+        try:
+            self.save_checkpoint(rng=self._rng_at_start)
+            self._log({"event": "interrupted", "iter": self.iteration, "error": type(err).__name__,
+                       "time": time.time()})  # fmt: skip
+        except Exception as save_err:
+            warnings.warn(f"could not save the crash checkpoint: {save_err}", RuntimeWarning, stacklevel=3)
+
+
+class _StopOnSignal:
+    """Within the block, SIGTERM only records itself (``.signum``); the loop stops at the next iteration.
+
+    Signal handlers can only be set from the main thread; elsewhere the block changes nothing.
+    """
+
+    def __init__(self, signums: Sequence[int] = (signal.SIGTERM,)) -> None:
+        self.signums = tuple(signums)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

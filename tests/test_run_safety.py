@@ -1,0 +1,284 @@
+"""Issue 10: outputs tied to their settings, locked folders, atomic and verified outputs, seeds,
+SIGTERM checkpoints, config validation and clean CLI errors (in-process, tiny random models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_driver import register_tiny_backbones
+
+from cdclip.atomic import atomic_path, remove_stale_temps
+from cdclip.cli import main
+from cdclip.fingerprint import weights_fingerprint
+from cdclip.folder_lock import FolderLockedError, folder_lock
+from cdclip.pipeline.config import TrainConfig, apply_overrides
+from cdclip.registry import registry
+
+
+@pytest.fixture
+def tiny_backbones():
+    register_tiny_backbones()
+    yield
+    registry.unregister("tinyclip-cli")
+    registry.unregister("tinydino-cli")
+
+
+def _cams(voc_root: Path, out: Path, *extra: str) -> int:
+    argv = ["cams", "--voc", str(voc_root), "--split", "val", "--out", str(out), "--backbone", "tinyclip-cli:x",
+            "--long-side", "64", "--par-iters", "1", *extra]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def _names(voc_root: Path) -> list[str]:
+    return (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+
+
+# ---------------------------------------------------------------------------- cams: settings
+def test_cams_rerun_with_other_settings_refuses_and_names_the_key(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out, "--refine", "cda") == 0
+    before = {p.name: p.read_bytes() for p in (out / "pseudo").iterdir()}
+    capsys.readouterr()
+    assert _cams(voc_root, out, "--refine", "none") == 2
+    err = capsys.readouterr().err
+    assert "model.refine" in err and "'mean' (stored) -> 'none' (now)" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in (out / "pseudo").iterdir()} == before  # nothing touched
+    assert json.loads((out / "settings.json").read_text())["model"]["refine"] == "mean"
+
+    assert _cams(voc_root, out, "--refine", "none", "--overwrite") == 0
+    assert f"{len(before)} computed, 0 skipped" in capsys.readouterr().out
+    assert json.loads((out / "settings.json").read_text())["model"]["refine"] == "none"
+    assert json.loads((out / "metrics.json").read_text())["refine"] == "none"
+
+
+def test_cams_rerun_with_other_weights_refuses(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out, "--seed", "0") == 0
+    capsys.readouterr()
+    assert _cams(voc_root, out, "--seed", "1") == 2  # another random initialisation: other weights
+    assert "weights.fingerprint" in capsys.readouterr().err
+
+
+def test_cams_seed_makes_random_backbones_reproducible(voc_root, tmp_path, tiny_backbones):
+    assert _cams(voc_root, tmp_path / "a", "--seed", "3") == 0
+    torch.rand(1000)  # whatever the global RNG did before, the seeded run is the same
+    assert _cams(voc_root, tmp_path / "b", "--seed", "3") == 0
+    assert _cams(voc_root, tmp_path / "c", "--seed", "4") == 0
+    for name in _names(voc_root):
+        a, b, c = (np.load(tmp_path / run / "cams" / f"{name}.npz") for run in "abc")
+        np.testing.assert_array_equal(a["cams"], b["cams"])
+        assert not np.array_equal(a["cams"], c["cams"])
+
+
+# ---------------------------------------------------------------------------- cams: crash safety
+def test_cams_recomputes_truncated_and_empty_outputs(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    names = _names(voc_root)
+    reference = (out / "pseudo" / f"{names[0]}.png").read_bytes()
+    (out / "pseudo" / f"{names[0]}.png").write_bytes(reference[: len(reference) // 2])  # truncated
+    (out / "overlay" / f"{names[1]}.png").write_bytes(b"")  # a 0-byte overlay
+    npz = (out / "cams" / f"{names[2]}.npz").read_bytes()
+    (out / "cams" / f"{names[2]}.npz").write_bytes(npz[:-40])  # a torn archive
+    capsys.readouterr()
+    assert _cams(voc_root, out) == 0
+    assert f"3 computed, {len(names) - 3} skipped" in capsys.readouterr().out
+    assert (out / "pseudo" / f"{names[0]}.png").read_bytes() == reference
+    assert (out / "overlay" / f"{names[1]}.png").stat().st_size > 0
+    np.load(out / "cams" / f"{names[2]}.npz")["cams"]  # readable again
+
+
+def test_cams_removes_stale_temporaries_and_writes_a_class_table(voc_root, tmp_path, tiny_backbones):
+    out = tmp_path / "run"
+    (out / "pseudo").mkdir(parents=True)
+    stale = out / "pseudo" / ".2007_000032.tmp12345.png"
+    stale.write_bytes(b"half")
+    assert _cams(voc_root, out) == 0
+    assert not stale.exists()
+    table = json.loads((out / "classes.json").read_text())
+    assert table["0"] == "background" and table["15"] == "person" and len(table) == 21
+
+
+def test_a_second_cams_run_into_a_locked_folder_exits_with_a_message(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    with folder_lock(out, ".cams.lock"):
+        assert _cams(voc_root, out) == 2
+    assert "in use by another run" in capsys.readouterr().err
+    assert not (out / "pseudo").exists()
+
+
+def test_folder_lock_is_exclusive_and_released():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with folder_lock(tmp):
+            with pytest.raises(FolderLockedError, match="in use"), folder_lock(tmp):
+                pass
+        with folder_lock(tmp):  # released at the end of the block
+            pass
+
+
+def test_atomic_path_leaves_the_old_file_on_error_and_no_temporary(tmp_path):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    (tmp_path / ".b.tmp99.npz").write_bytes(b"x")
+    (tmp_path / ".hidden").write_bytes(b"x")
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [".b.tmp99.npz"]
+    assert (tmp_path / ".hidden").exists()
+
+
+# ---------------------------------------------------------------------------- cams: inputs
+def test_cams_refuses_repeated_class_names(voc_root, tmp_path, tiny_backbones, capsys):
+    argv = ["cams", "--images", str(voc_root / "JPEGImages"), "--classes", "cat,dgo,cat", "--out",
+            str(tmp_path / "o"), "--backbone", "tinyclip-cli:x"]  # fmt: skip
+    assert main(argv) == 2
+    assert "cat more than once" in capsys.readouterr().err
+
+
+def test_cams_counts_images_without_classes(voc_root, tmp_path, tiny_backbones, capsys):
+    table = np.load(voc_root / "cls_labels_onehot.npy", allow_pickle=True).item()
+    name = _names(voc_root)[0]
+    table[name] = np.zeros_like(table[name])
+    np.save(tmp_path / "labels.npy", table)
+    assert _cams(voc_root, tmp_path / "o", "--label-file", str(tmp_path / "labels.npy")) == 0
+    assert "1 image(s) have no class" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- train
+def _train_argv(voc_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data-root", str(voc_root), "--out", str(out), "--weights", "none", "--dino-weights", "none",
+            "--iters", "2", "--device", "cpu", "--workers", "0", "--batch-size", "2", "--no-progress",
+            "--set", "model.clip=tinyclip-cli:x", "--set", "model.dino=tinydino-cli:x", "--set", "data.crop_size=64",
+            "--set", "model.decoder_dim=32", "--set", "model.decoder_heads=4", "--set", "model.decoder_layers=1",
+            "--set", "model.par_iters=1", "--set", "log_every=1", *extra]  # fmt: skip
+
+
+def _train(argv: list[str]) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def test_train_never_overwrites_a_run_silently(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _train(_train_argv(voc_root, out)) == 0
+    ckpt = (out / "checkpoint.pt").read_bytes()
+    log = (out / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert _train(_train_argv(voc_root, out)) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == ckpt and (out / "log.jsonl").read_text() == log
+    assert _train(_train_argv(voc_root, out, "--overwrite")) == 0
+    events = [json.loads(line).get("event") for line in (out / "log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1  # the old log went with the old run
+
+
+def test_train_resume_with_another_config_names_the_differences(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _train(_train_argv(voc_root, out, "--iters", "1", "--set", "iters=2")) == 0
+    capsys.readouterr()
+    assert _train(_train_argv(voc_root, out, "--resume", "--set", "optim.lr=1e-3")) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "0.0002 (stored) -> 0.001 (now)" in err
+    # a different random backbone (another seed) is refused by its fingerprint
+    assert _train(_train_argv(voc_root, out, "--resume", "--seed", "5")) == 2
+    assert "fingerprint" in capsys.readouterr().err
+
+
+def test_build_model_seeds_random_backbones(tiny_backbones):
+    cfg = TrainConfig.from_dict({"model": {"clip": "tinyclip-cli:x", "dino": None, "decoder_dim": 32,
+                                           "decoder_heads": 4, "decoder_layers": 1}, "device": "cpu"})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cdclip.pipeline.model import build_model
+
+        a = build_model(cfg)
+        torch.rand(100)
+        b = build_model(cfg)
+        c = build_model(cfg.replace(seed=1))
+    assert weights_fingerprint(a.backbone) == weights_fingerprint(b.backbone)
+    assert weights_fingerprint(a.backbone) != weights_fingerprint(c.backbone)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(voc_root, tmp_path, tiny_backbones):
+    from cdclip.pipeline.model import build_model
+    from cdclip.pipeline.trainer import Trainer, TrainingStopped, build_dataset
+
+    cfg = TrainConfig.from_dict({
+        "model": {"clip": "tinyclip-cli:x", "dino": None, "decoder_dim": 32, "decoder_heads": 4,
+                  "decoder_layers": 1, "par_iters": 1},
+        "data": {"root": str(voc_root), "crop_size": 64, "batch_size": 2, "num_workers": 0},
+        "loss": {"lambda_be": 0.0}, "iters": 6, "checkpoint_every": 1000, "device": "cpu",
+        "out_dir": str(tmp_path), "progress": False,
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(cfg, build_model(cfg), build_dataset(cfg.data))
+    real_step = trainer.step
+
+    def step(batch):
+        out = real_step(batch)
+        if trainer.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.step = step
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert info.value.iteration == 2 and info.value.signum == signal.SIGTERM
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was restored
+    events = [json.loads(line).get("event") for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert events[-1] == "terminated"
+
+
+# ---------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("optim.lr", float("nan"), "optim.lr: expected a finite number"),
+        ("model.cda_sigma", 0, "model.cda_sigma: expected a positive number"),
+        ("model.par_dilations", [], "model.par_dilations"),
+        ("loss.ignore_index", 3, "loss.ignore_index: 3 is a class id"),
+        ("model.decoder_heads", 0, "decoder_heads"),
+        ("seed", -1, "seed"),
+    ],
+)
+def test_config_rejects_values_that_fail_later(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(TrainConfig(), {key: value})
+
+
+def test_config_reads_yaml_numbers_written_as_text():
+    import yaml
+
+    data = yaml.safe_load("optim:\n  lr: 1e-4\nmodel:\n  cda_sigma: 5e-2\n")
+    assert isinstance(data["optim"]["lr"], str)  # PyYAML's YAML 1.1 reading
+    cfg = TrainConfig.from_dict(data)
+    assert cfg.optim.lr == 1e-4 and cfg.model.cda_sigma == 0.05
+    with pytest.raises(TypeError, match=r"optim\.lr: expected a number"):
+        TrainConfig.from_dict({"optim": {"lr": "fast"}})
+
+
+def test_config_device_defaults_to_what_is_available():
+    assert TrainConfig().device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_train_print_config_rejects_bad_values_before_building(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  lr: .nan\n")
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    assert "optim.lr: expected a finite number" in capsys.readouterr().err
