@@ -16,6 +16,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def tiny_cams_argv(voc_root: object, out: object, *extra: str, split: str = "val") -> list[str]:
+    """``cdclip cams`` on the VOC sample with the tiny CLIP (64 px, one PAR iteration)."""
+    return ["cams", "--voc", str(voc_root), "--split", split, "--out", str(out), "--backbone", "tinyclip-cli:x",
+            "--long-side", "64", "--par-iters", "1", *extra]  # fmt: skip
+
+
+def tiny_train_argv(voc_root: object, out: object, *extra: str) -> list[str]:
+    """``cdclip train`` on the VOC sample with the tiny CLIP and DINO (2 iterations, 64 px crops)."""
+    return ["train", "--data-root", str(voc_root), "--out", str(out), "--weights", "none", "--dino-weights", "none",
+            "--iters", "2", "--device", "cpu", "--workers", "0", "--batch-size", "2", "--no-progress",
+            "--set", "model.clip=tinyclip-cli:x", "--set", "model.dino=tinydino-cli:x", "--set", "data.crop_size=64",
+            "--set", "model.decoder_dim=32", "--set", "model.decoder_heads=4", "--set", "model.decoder_layers=1",
+            "--set", "model.par_iters=1", "--set", "log_every=1", *extra]  # fmt: skip
+
+
 def register_tiny_backbones() -> None:
     import torch
     from oracle_backbone import tiny_openclip_backbone

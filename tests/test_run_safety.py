@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_driver import register_tiny_backbones
+from cli_driver import register_tiny_backbones, tiny_cams_argv, tiny_train_argv
 
 from cdclip.atomic import atomic_path, remove_stale_temps
 from cdclip.cli import main
@@ -31,11 +31,9 @@ def tiny_backbones():
 
 
 def _cams(voc_root: Path, out: Path, *extra: str) -> int:
-    argv = ["cams", "--voc", str(voc_root), "--split", "val", "--out", str(out), "--backbone", "tinyclip-cli:x",
-            "--long-side", "64", "--par-iters", "1", *extra]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return main(argv)
+        return main(tiny_cams_argv(voc_root, out, *extra))
 
 
 def _names(voc_root: Path) -> list[str]:
@@ -158,14 +156,6 @@ def test_cams_counts_images_without_classes(voc_root, tmp_path, tiny_backbones, 
 
 
 # ---------------------------------------------------------------------------- train
-def _train_argv(voc_root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data-root", str(voc_root), "--out", str(out), "--weights", "none", "--dino-weights", "none",
-            "--iters", "2", "--device", "cpu", "--workers", "0", "--batch-size", "2", "--no-progress",
-            "--set", "model.clip=tinyclip-cli:x", "--set", "model.dino=tinydino-cli:x", "--set", "data.crop_size=64",
-            "--set", "model.decoder_dim=32", "--set", "model.decoder_heads=4", "--set", "model.decoder_layers=1",
-            "--set", "model.par_iters=1", "--set", "log_every=1", *extra]  # fmt: skip
-
-
 def _train(argv: list[str]) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -174,27 +164,27 @@ def _train(argv: list[str]) -> int:
 
 def test_train_never_overwrites_a_run_silently(voc_root, tmp_path, tiny_backbones, capsys):
     out = tmp_path / "run"
-    assert _train(_train_argv(voc_root, out)) == 0
+    assert _train(tiny_train_argv(voc_root, out)) == 0
     ckpt = (out / "checkpoint.pt").read_bytes()
     log = (out / "log.jsonl").read_text()
     capsys.readouterr()
-    assert _train(_train_argv(voc_root, out)) == 2
+    assert _train(tiny_train_argv(voc_root, out)) == 2
     assert "--resume" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == ckpt and (out / "log.jsonl").read_text() == log
-    assert _train(_train_argv(voc_root, out, "--overwrite")) == 0
+    assert _train(tiny_train_argv(voc_root, out, "--overwrite")) == 0
     events = [json.loads(line).get("event") for line in (out / "log.jsonl").read_text().splitlines()]
     assert events.count("start") == 1  # the old log went with the old run
 
 
 def test_train_resume_with_another_config_names_the_differences(voc_root, tmp_path, tiny_backbones, capsys):
     out = tmp_path / "run"
-    assert _train(_train_argv(voc_root, out, "--iters", "1", "--set", "iters=2")) == 0
+    assert _train(tiny_train_argv(voc_root, out)) == 0
     capsys.readouterr()
-    assert _train(_train_argv(voc_root, out, "--resume", "--set", "optim.lr=1e-3")) == 2
+    assert _train(tiny_train_argv(voc_root, out, "--resume", "--set", "optim.lr=1e-3")) == 2
     err = capsys.readouterr().err
     assert "optim.lr" in err and "0.0002 (stored) -> 0.001 (now)" in err
     # a different random backbone (another seed) is refused by its fingerprint
-    assert _train(_train_argv(voc_root, out, "--resume", "--seed", "5")) == 2
+    assert _train(tiny_train_argv(voc_root, out, "--resume", "--seed", "5")) == 2
     assert "fingerprint" in capsys.readouterr().err
 
 
@@ -282,3 +272,49 @@ def test_train_print_config_rejects_bad_values_before_building(tmp_path, capsys)
     config.write_text("optim:\n  lr: .nan\n")
     assert main(["train", "--config", str(config), "--print-config"]) == 2
     assert "optim.lr: expected a finite number" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- eval
+def _eval(voc_root: Path, checkpoint: Path, out: Path, *extra: str) -> int:
+    argv = ["eval", "--voc", str(voc_root), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu",
+            "--long-side", "64", "--scales", "1", "--no-flip", "--workers", "0", "--quiet", *extra]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def test_eval_rebuilds_the_training_clip_and_refuses_stale_predictions(voc_root, tmp_path, tiny_backbones, capsys):
+    run = tmp_path / "run"
+    assert _train(tiny_train_argv(voc_root, run)) == 0
+    out = tmp_path / "eval"
+    assert _eval(voc_root, run / "checkpoint.pt", out) == 0  # the same random CLIP, from the run's seed
+    capsys.readouterr()
+    assert _eval(voc_root, run / "checkpoint.pt", out, "--seed", "9") == 2  # another random CLIP
+    assert "trained on other CLIP weights" in capsys.readouterr().err
+    assert _train(tiny_train_argv(voc_root, run, "--overwrite", "--set", "optim.lr=1e-3")) == 0  # a new decoder
+    capsys.readouterr()
+    assert _eval(voc_root, run / "checkpoint.pt", out) == 2
+    assert "decoder" in capsys.readouterr().err
+    assert _eval(voc_root, run / "checkpoint.pt", out, "--overwrite") == 0
+
+
+# ---------------------------------------------------------------------------- labels
+def test_nan_labels_are_refused_not_read_as_absent(tmp_path):
+    from cdclip.cam.multiscale import check_labels
+    from cdclip.data._io import DataFileError, load_label_dict
+
+    with pytest.raises(ValueError, match="NaN"):
+        check_labels(torch.tensor([[1.0, float("nan")]]), 1)
+    np.save(tmp_path / "labels.npy", {"a": np.array([1.0, np.nan], dtype=np.float32)})
+    with pytest.raises(DataFileError, match="NaN"):
+        load_label_dict(tmp_path / "labels.npy", 2)
+
+
+def test_train_reports_images_without_classes(voc_root, tmp_path, tiny_backbones, capsys):
+    table = np.load(voc_root / "cls_labels_onehot.npy", allow_pickle=True).item()
+    for name in (voc_root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()[:2]:
+        table[name] = np.zeros_like(table[name])
+    np.save(tmp_path / "labels.npy", table)
+    argv = tiny_train_argv(voc_root, tmp_path / "run", "--set", f"data.label_file={tmp_path / 'labels.npy'}", "--iters", "1")
+    assert _train(argv) == 0
+    assert "2 image(s) have no class" in capsys.readouterr().err

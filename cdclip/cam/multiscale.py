@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,6 +40,8 @@ def check_labels(labels: Tensor, batch: int) -> Tensor:
     check_rank(labels, "labels", "B C")
     if labels.shape[0] != batch:
         raise ValueError(f"labels: expected batch size {batch}, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+        raise ValueError("labels: expected multi-hot 0/1 values, got NaN or inf (a NaN would read as 'absent')")
     return labels > 0
 
 

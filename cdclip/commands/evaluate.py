@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     model.add_argument("--clip-weights", default=None, help="override the CLIP weights path stored in the checkpoint")
     model.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    model.add_argument("--seed", type=int, default=None,
+                       help="seed every RNG before the model is built (default: the training run's seed, so that "
+                            "random backbones are the ones it trained with)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None,
@@ -72,8 +75,11 @@ def _print_result(metrics: dict[str, Any], out: Path) -> None:
     print(f"mIoU {100.0 * metrics['miou']:.2f} over {metrics['images']} image(s); metrics in {out / 'metrics.json'}")
 
 
-def _build_model(args: argparse.Namespace) -> Any:
-    """The trained model from a checkpoint; raises with a message on any failure (caught by run)."""
+def _build_model(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The trained model from a checkpoint and the fingerprint of the CLIP it trained with.
+
+    Raises with a message on any failure (caught by run).
+    """
     import torch
 
     from cdclip.pipeline import model as model_module
@@ -87,11 +93,44 @@ def _build_model(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {"device": device, "loss": {"lambda_be": 0.0}}
     if args.clip_weights is not None:
         overrides["model"] = {"clip_weights": args.clip_weights}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     config = TrainConfig.from_dict(overrides, base=TrainConfig.from_dict(checkpoint.get("config", {})))
     model = model_module.build_model(config, device=device)
     model.load_decoder(checkpoint)
     model.eval()
-    return model
+    return model, checkpoint.get("clip_fingerprint")
+
+
+def _check_clip(model: Any, stored: str | None, args: argparse.Namespace) -> None:
+    """Refuse a CLIP other than the one the decoder was trained on (random weights: another seed)."""
+    from cdclip.fingerprint import weights_fingerprint
+
+    if stored is not None and stored != weights_fingerprint(model.backbone):
+        raise ValueError(
+            f"--checkpoint: {args.checkpoint} was trained on other CLIP weights (fingerprint {stored}, these "
+            f"{weights_fingerprint(model.backbone)}); pass the training run's --clip-weights (and its --seed for "
+            "random weights)"
+        )
+
+
+def _check_eval_settings(args: argparse.Namespace, model: Any, out: Path, split: str) -> None:
+    """Predictions in ``out`` are reused: refuse those of another checkpoint or other settings."""
+    from cdclip.fingerprint import weights_fingerprint
+    from cdclip.run_settings import SettingsMismatchError, require_same_settings, write_settings
+
+    settings = {
+        "decoder": weights_fingerprint(model.decoder), "clip": weights_fingerprint(model.backbone),
+        "split": split, "scales": list(args.scales), "flip": not args.no_flip, "long_side": args.long_side,
+        "crf": bool(args.crf),
+    }  # fmt: skip
+    hint = "use another --out, or pass --overwrite to predict every image again"
+    try:
+        require_same_settings(out / "settings.json", settings, hint)
+    except SettingsMismatchError:
+        if not args.overwrite:
+            raise
+    write_settings(out / "settings.json", settings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        model = _build_model(args)
+        model, trained_clip = _build_model(args)
     except ImportError as err:
         print(f"cdclip eval: the trained model is not available in this installation ({err})", file=sys.stderr)
         return 2
@@ -140,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     out = args.out if args.out is not None else args.checkpoint.parent / f"eval_{split}"
+    _check_clip(model, trained_clip, args)
+    _check_eval_settings(args, model, out, split)
     try:
         evaluator = Evaluator(
             model, len(names), names, scales=args.scales, flip=not args.no_flip,

@@ -249,6 +249,8 @@ def load_label_dict(path: str | os.PathLike[str], num_classes: int) -> dict[str,
         vector = np.asarray(value, dtype=np.float32).reshape(-1)
         if vector.shape != (num_classes,):
             raise DataFileError(path, f"label of {key!r} has shape {vector.shape}, expected ({num_classes},)")
+        if not np.isfinite(vector).all():
+            raise DataFileError(path, f"label of {key!r} holds NaN or inf, expected 0/1 values")
         labels[str(key)] = vector
     return labels
 

@@ -337,6 +337,12 @@ class Trainer:
         frozen = {k: v for k, v in self.model.state_dict().items() if not k.startswith("decoder.")}
         return weights_fingerprint(frozen)
 
+    @functools.cached_property
+    def clip_fingerprint(self) -> str | None:
+        """Fingerprint of the CLIP backbone alone (``cdclip eval`` rebuilds CLIP without DINO)."""
+        backbone = getattr(self.model, "backbone", None)
+        return weights_fingerprint(backbone) if isinstance(backbone, nn.Module) else None
+
     def state_dict(self, rng: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly: decoder, optimiser, schedule, RNG, config."""
         return {
@@ -350,6 +356,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "class_names": list(getattr(self.model, "class_names", ())),
             "frozen_fingerprint": self.frozen_fingerprint,
+            "clip_fingerprint": self.clip_fingerprint,
         }
 
     def save_checkpoint(
