@@ -31,7 +31,7 @@ def _start(argv: list[str]) -> subprocess.Popen:
 
 def _finish(argv: list[str]) -> None:
     proc = _start(argv)
-    out, err = proc.communicate(timeout=240)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err.decode()[-2000:]
 
 
