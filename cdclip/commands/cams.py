@@ -166,30 +166,6 @@ def print_presets(training_only: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------------ input
-class _Folder:
-    """Images of a folder with the same (all-present) labels."""
-
-    def __init__(self, root: Path, num_classes: int) -> None:
-        if not root.is_dir():
-            raise FileNotFoundError(f"--images: folder not found: {root}")
-        self.paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise FileNotFoundError(f"--images: no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
-        self.names = [p.stem for p in self.paths]
-        self.labels = torch.ones(num_classes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as im:
-            array = np.asarray(im.convert("RGB"))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
-        return {"image": image, "labels": self.labels, "name": self.names[index]}
-
-
 def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...], tuple[str, ...], str]:
     """(dataset, class names, background words, palette)."""
     from cdclip.data.prompts import background_words
@@ -212,7 +188,9 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"--classes: each class once, got {', '.join(repeated)} more than once in {args.classes!r}")
-        ds = _Folder(args.images, len(names))
+        from cdclip.data.folder import ImageFolder
+
+        ds = ImageFolder(args.images, names)
         palette = "voc"
     if config.data.labels_from == "mask":
         if args.images is not None:
