@@ -11,6 +11,15 @@ background, PAR, argmax). It accepts any backbone object with the same duck-type
 Input resize (``resize=``): ``"pil_bicubic"`` resizes the uint8 image with PIL's bicubic filter to
 ``(⌈H·s/16⌉·16, ⌈W·s/16⌉·16)`` as CLIP-ES does (the aspect ratio is kept up to the rounding);
 ``"bilinear"`` resizes the float tensor (antialiased when shrinking).
+
+Working-resolution cap (``max_side=``, ``model.cam_max_side``, default 1024): an image whose long
+side exceeds it is first shrunk (antialiased bilinear, aspect kept) so that its long side is
+``max_side``; CLIP, the CAMs, the refinement, the background and PAR all run at that working size,
+and only the final label map is brought back to the image's size by nearest-neighbour
+upsampling. The CLIP input long side is capped too (``long_side <= max_side``; a native-size
+preset gets at most ``max_side`` + 15 px). Memory is thus bounded by the cap, not by the image:
+what still grows with the input is its decoded pixels and the full-size label map (3 + 8 bytes a
+pixel). Images within the cap (every VOC and COCO image: <= 640 px) are not touched.
 """
 
 from __future__ import annotations
@@ -31,17 +40,80 @@ from cdclip.cam.multiscale import check_labels, scaled_size
 from cdclip.data.prompts import DEFAULT_TEMPLATES
 
 __all__ = [
+    "DEFAULT_MAX_SIDE",
     "RESIZE_MODES",
     "PseudoLabelOutput",
     "PseudoLabeler",
     "background_score",
     "build_cam_head",
     "cams_to_labels",
+    "capped_size",
     "resize_for_clip",
+    "shrink_to",
+    "upsample_labels",
 ]
 
 ResizeMode = Literal["pil_bicubic", "bilinear"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+
+# working-resolution cap of the training-free path (long side, pixels); see the module docstring
+DEFAULT_MAX_SIDE = 1024
+
+
+def capped_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(H, W)`` shrunk so the long side is ``max_side`` (aspect kept, rounded), or as is within it.
+
+    Shape:
+        - no tensors: sizes -> (H', W') with max(H', W') <= max_side
+    """
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shrink_to(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear downscaling to ``size``, in the input's dtype.
+
+    uint8 on the CPU is resized as uint8 (no float copy of the full-size image); elsewhere the
+    values go through float32 and are rounded back.
+
+    Shape:
+        - images: (B, 3, H, W) uint8 or floating, 0–255
+        - output: (B, 3, H', W'), the input's dtype
+    """
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if images.is_floating_point() or (images.dtype == torch.uint8 and images.device.type == "cpu"):
+        return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    small = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return small.round().clamp(0, 255).to(images.dtype)
+
+
+def upsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour upsampling of a label map (pixel centres, as ``"nearest-exact"``).
+
+    Shape:
+        - labels: (B, h, w) integer
+        - output: (B, H, W), the input's dtype
+    """
+    check_rank(labels, "labels", "B h w")
+    h, w = labels.shape[-2:]
+    if (h, w) == tuple(size):
+        return labels
+    rows = ((torch.arange(size[0], device=labels.device) + 0.5) * (h / size[0])).long().clamp_max(h - 1)
+    cols = ((torch.arange(size[1], device=labels.device) + 0.5) * (w / size[1])).long().clamp_max(w - 1)
+    return labels[:, rows[:, None], cols[None, :]]
+
+
+def _check_max_side(max_side: int | None, long_side: int | None) -> None:
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"max_side: expected a positive int (pixels) or None, got {max_side!r}")
+    if max_side is not None and long_side and long_side > max_side:
+        raise ValueError(
+            f"long_side: expected at most max_side={max_side} (the working-resolution cap), got {long_side}; "
+            "raise max_side (or set it to None) for a larger CLIP input"
+        )
 
 
 def _pil_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -123,7 +195,10 @@ class PseudoLabeler(nn.Module):
         refine: ``"none"``, ``"attn"``, ``"mean"`` (CDA, default), ``"replace"``, ``"product"``.
         par: PAR module for the final labels; ``None`` skips PAR.
         long_side: the image is resized so that its long side is this (None: native size), sides
-            rounded up to the patch size.
+            rounded up to the patch size; at most ``max_side``.
+        max_side: working-resolution cap (long side, pixels; None: no cap): larger images are
+            shrunk to it for all the work and their label maps upsampled back (see the module
+            docstring).
         resize: ``"bilinear"`` or ``"pil_bicubic"`` (CLIP-ES).
         bg_alpha: exponent of the background score.
         bg_threshold: constant background score (CLIP-ES's evaluation threshold); None: ``(1 − max)^α``.
@@ -159,17 +234,19 @@ class PseudoLabeler(nn.Module):
         background_at: str = "image",
         pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
         head: CAMHead | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
         **cda_kwargs: Any,
     ) -> None:
         super().__init__()
         check_choice(resize, "resize", RESIZE_MODES)
+        _check_max_side(max_side, long_side)
         self.backbone = backbone
         self.head = head if head is not None else CAMHead(
             cam, refine=refine, attn_layers=attn_layers, cd_logit_scale=cd_logit_scale,
             background_at=background_at, bg_alpha=bg_alpha, bg_threshold=bg_threshold, par=par,
             par_scale=par_scale, **cda_kwargs,
         )
-        self.long_side, self.resize = long_side, resize
+        self.long_side, self.resize, self.max_side = long_side, resize, max_side
         self.pixel_stats = pixel_stats
         self.classifier: TextClassifier = build_text_classifier(
             backbone, class_names, background_words, templates, style=prompt_style
@@ -191,6 +268,7 @@ class PseudoLabeler(nn.Module):
         return cls(
             backbone, class_names, background_words, templates=model.templates, long_side=model.cam_long_side,
             prompt_style=model.prompt_style, resize=model.cam_resize, pixel_stats=stats, head=build_cam_head(model),
+            max_side=model.cam_max_side,
         )
 
     @property
@@ -218,10 +296,14 @@ class PseudoLabeler(nn.Module):
                 f"got {tuple(labels.shape)}"
             )
         device = getattr(self.backbone, "device", torch.device("cpu"))
-        pixels = images.to(device).float()
+        work = capped_size(h, w, self.max_side)
+        pixels = shrink_to(images, work).to(device).float()  # shrunk where the image is (CPU: as uint8)
         resized = resize_for_clip(pixels, self.long_side, int(self.backbone.patch_size), self.resize)
         x = self._normalize(resized)
         text = self.classifier.embeddings.to(device)
         present = present.to(device)
         result = self.cam(self.backbone, x, present, text, attn_blocks=self.head.attn_blocks())
-        return self.head(result.output, text, present, (h, w), image=pixels, cams=result.cams)
+        out = self.head(result.output, text, present, work, image=pixels, cams=result.cams)
+        if work != (h, w):
+            out = PseudoLabelOutput(cams=out.cams, refined=out.refined, labels=upsample_labels(out.labels, (h, w)))
+        return out
