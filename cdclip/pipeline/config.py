@@ -103,9 +103,6 @@ class ModelConfig:
         cam_max_side: working-resolution cap of ``cdclip cams`` (long side in pixels, 1024;
             ``None``: no cap): a larger image is shrunk to it (antialiased) for CLIP, the CAMs and
             PAR, and its label map is upsampled back (nearest); ``cam_long_side`` may not exceed it.
-        cam_max_side: working-resolution cap of ``cdclip cams`` (long side in pixels, 1024;
-            ``None``: no cap): a larger image is shrunk to it (antialiased) for CLIP, the CAMs and
-            PAR, and its label map is upsampled back (nearest); ``cam_long_side`` may not exceed it.
         refine: CAM refinement: ``mean`` (CDA fused with attention, default), ``replace``,
             ``product``, ``attn`` (MHSA baseline, CDA off) or ``none``.
         attn_layers: last CLIP blocks averaged into the attention affinity (8).
@@ -154,7 +151,6 @@ class ModelConfig:
     cam_resize: str = "pil_bicubic"
     cam_long_side: int | None = None
     cam_max_side: int | None = 1024
-    cam_max_side: int | None = 1024
     cam_scales: tuple[float, ...] = (1.0,)
     cam_flip: bool = False
     refine: str = "mean"
@@ -200,13 +196,6 @@ class ModelConfig:
         _choice(self.decoder_activation, "model.decoder_activation", ACTIVATIONS)
         if self.cam_long_side is not None and self.cam_long_side < 1:
             raise ValueError(f"model.cam_long_side: expected a positive int or None, got {self.cam_long_side!r}")
-        if self.cam_max_side is not None and self.cam_max_side < 1:
-            raise ValueError(f"model.cam_max_side: expected a positive int or None, got {self.cam_max_side!r}")
-        if None not in (self.cam_max_side, self.cam_long_side) and self.cam_long_side > self.cam_max_side:
-            raise ValueError(
-                f"model.cam_long_side: expected at most model.cam_max_side={self.cam_max_side}, got "
-                f"{self.cam_long_side}; raise model.cam_max_side (or set it to null) for a larger CLIP input"
-            )
         if self.cam_max_side is not None and self.cam_max_side < 1:
             raise ValueError(f"model.cam_max_side: expected a positive int or None, got {self.cam_max_side!r}")
         if None not in (self.cam_max_side, self.cam_long_side) and self.cam_long_side > self.cam_max_side:
