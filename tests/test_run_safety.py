@@ -318,3 +318,45 @@ def test_train_reports_images_without_classes(voc_root, tmp_path, tiny_backbones
     argv = tiny_train_argv(voc_root, tmp_path / "run", "--set", f"data.label_file={tmp_path / 'labels.npy'}", "--iters", "1")
     assert _train(argv) == 0
     assert "2 image(s) have no class" in capsys.readouterr().err
+
+
+def test_cams_refuses_a_folder_of_outputs_without_settings(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    (out / "settings.json").unlink()  # outputs of unknown settings (an older cdclip, another tool)
+    capsys.readouterr()
+    assert _cams(voc_root, out) == 2
+    assert "no settings.json" in capsys.readouterr().err
+    assert _cams(voc_root, out, "--overwrite") == 0
+
+
+def test_cams_max_side_bounds_the_work_and_the_overlay(tmp_path, tiny_backbones):
+    from PIL import Image
+
+    from cdclip.data.palette import load_label_png
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(folder / "a.png")
+    argv = ["cams", "--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "o"), "--backbone",
+            "tinyclip-cli:x", "--long-side", "64", "--max-side", "96", "--par-iters", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert load_label_png(tmp_path / "o" / "pseudo" / "a.png").shape == (200, 300)  # full size
+    with Image.open(tmp_path / "o" / "overlay" / "a.png") as overlay:
+        assert overlay.size == (2 * 96, 64)  # drawn at the working size
+    assert json.loads((tmp_path / "o" / "settings.json").read_text())["model"]["cam_max_side"] == 96
+
+
+def test_cams_skip_bad_on_a_dataset_skips_and_counts(voc_root, tmp_path, tiny_backbones, capsys):
+    import shutil
+
+    root = tmp_path / "VOC2012"
+    shutil.copytree(voc_root, root)
+    name = _names(voc_root)[0]
+    (root / "JPEGImages" / f"{name}.jpg").write_bytes(b"")  # a zero-byte image
+    assert _cams(root, tmp_path / "o") == 2
+    assert "empty" in capsys.readouterr().err
+    assert _cams(root, tmp_path / "o", "--skip-bad") == 0
+    captured = capsys.readouterr()
+    assert f"1 unreadable image(s) skipped: {name}" in captured.err
+    assert f"{len(_names(voc_root)) - 1} computed" in captured.out

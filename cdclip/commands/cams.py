@@ -40,9 +40,6 @@ import torch
 
 __all__ = ["add_arguments", "run"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (one of)")
     group = src.add_mutually_exclusive_group()
@@ -99,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--flip", default=None, action=argparse.BooleanOptionalAction,
                         help="add flipped inputs to the CAMs")
     method.add_argument("--long-side", type=int, default=None, help="CLIP input long side (0: native size)")
+    method.add_argument("--max-side", type=int, default=None,
+                        help="working-resolution cap: larger images are shrunk to it for CLIP, CAMs and PAR and only "
+                             "the label map is upsampled back (default 1024; 0: no cap, memory grows with the image)")
     method.add_argument("--resize", default=None, choices=("pil_bicubic", "bilinear"),
                         help="input resize (CLIP-ES: PIL bicubic of the uint8 image)")
     method.add_argument("--background-at", default=None, choices=("image", "patch"),
@@ -146,6 +146,8 @@ def model_config(args: argparse.Namespace) -> Any:
         overrides["model.cam_scales"] = list(args.scales)
     if args.long_side is not None:
         overrides["model.cam_long_side"] = args.long_side or None
+    if args.max_side is not None:
+        overrides["model.cam_max_side"] = args.max_side or None
     if args.templates:
         overrides["model.templates"] = list(args.templates)
     if args.normalize is not None:
@@ -174,12 +176,13 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
     if args.voc is not None:
         from cdclip.data.voc import VOCSegmentation
 
-        ds = VOCSegmentation(args.voc, args.split or "train", label_file=args.label_file)
+        ds = VOCSegmentation(args.voc, args.split or "train", label_file=args.label_file, skip_bad=_skip_bad(args))
         names, palette = ds.class_names, "voc"
     elif args.coco is not None:
         from cdclip.data.coco import COCOSegmentation
 
-        ds = COCOSegmentation(args.coco, args.split or "train2014", label_file=args.label_file)
+        ds = COCOSegmentation(args.coco, args.split or "train2014", label_file=args.label_file,
+                              skip_bad=_skip_bad(args))
         names, palette = ds.class_names, "coco"
     else:
         if not args.classes:
@@ -190,7 +193,9 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
             raise ValueError(f"--classes: each class once, got {', '.join(repeated)} more than once in {args.classes!r}")
         from cdclip.data.folder import ImageFolder
 
-        ds = ImageFolder(args.images, names)
+        if not args.images.is_dir():
+            raise FileNotFoundError(f"--images: folder not found: {args.images}")
+        ds = ImageFolder(args.images, names, skip_bad=_skip_bad(args))
         palette = "voc"
     if config.data.labels_from == "mask":
         if args.images is not None:
@@ -202,6 +207,11 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
             stacklevel=2,
         )
     return ds, tuple(names), tuple(bg), palette
+
+
+def _skip_bad(args: argparse.Namespace) -> bool:
+    """``--skip-bad``, by default on for an image folder and off for a dataset."""
+    return args.skip_bad if args.skip_bad is not None else args.images is not None
 
 
 def _indices(n: int, limit: int | None) -> Iterator[int]:
@@ -236,13 +246,25 @@ def _outputs(out: Path, name: str, overlay: bool) -> list[Path]:
     return paths
 
 
-def _save_overlay(path: Path, image: torch.Tensor, label: np.ndarray, refined: torch.Tensor, palette: str) -> None:
+def _save_overlay(path: Path, image: torch.Tensor, label: np.ndarray, refined: torch.Tensor, palette: str,
+                  max_side: int | None) -> None:  # fmt: skip
+    """The label blended over the image, beside the refined CAMs' peak; at most ``max_side`` pixels long.
+
+    Blending costs about 85 bytes per pixel, so a large image is shown at the working size: its
+    memory then stays within the cap like the rest of the run.
+    """
     import torch.nn.functional as F
     from PIL import Image
 
     from cdclip.data.palette import overlay
 
     rgb = image.permute(1, 2, 0).contiguous().numpy().astype(np.uint8)
+    height, width = rgb.shape[:2]
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=None))
+        label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize(size, Image.Resampling.NEAREST))
     left = overlay(rgb, label.astype(np.int64), alpha=0.5, palette=palette)
     peak = refined.amax(dim=0, keepdim=True)[None] if refined.shape[0] else torch.zeros(1, 1, 1, 1)
     heat = F.interpolate(peak.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
@@ -291,10 +313,17 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool, ignore
 
     hint = "use another --out, or pass --overwrite to recompute every image with the new settings"
     try:
-        require_same_settings(out / SETTINGS_NAME, settings, hint, ignore=ignore)
+        recorded = require_same_settings(out / SETTINGS_NAME, settings, hint, ignore=ignore)
     except SettingsMismatchError:
         if not overwrite:
             raise
+        return True
+    if not recorded and any(any((out / d).glob("*.png")) or any((out / d).glob("*.npz")) for d in _OUTPUT_DIRS):
+        if not overwrite:
+            raise ValueError(
+                f"--out: {out} holds outputs but no {SETTINGS_NAME} (an older cdclip or another tool made them), so "
+                f"whether they match these settings is unknown; {hint}"
+            )
         return True
     return False
 
@@ -371,23 +400,13 @@ def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str
 
     seed_everything(args.seed)
     backbone = _build_backbone(args, config.model)
-    settings["weights"]["fingerprint"] = weights_fingerprint(backbone)
+    settings["weights"]["fingerprint"] = weights_fingerprint(backbone) if isinstance(backbone, torch.nn.Module) else None
     return PseudoLabeler.from_config(config, class_names, bg_words, backbone)
 
 
-def _load(dataset: Any, index: int, skip_bad: bool, counts: _Counts) -> dict[str, Any] | None:
-    """The sample, or ``None`` (counted) when its files are broken and ``--skip-bad`` is on."""
-    from cdclip.data._io import DataFileError
-
-    loader = getattr(dataset, "load", dataset.__getitem__)
-    try:
-        return loader(index)
-    except DataFileError as err:
-        if not skip_bad:
-            raise
-        counts.bad += 1
-        counts.bad_names.append(f"{getattr(dataset, 'names', [index])[index]} ({err.reason})")
-        return None
+def _load(dataset: Any, index: int) -> dict[str, Any] | None:
+    """The sample, or ``None`` when its files are broken and ``--skip-bad`` is on (the dataset records it)."""
+    return dataset.try_get(index) if hasattr(dataset, "try_get") else dataset[index]
 
 
 def _labels_of(item: dict[str, Any], config: Any, num_classes: int) -> torch.Tensor:
@@ -413,7 +432,8 @@ def _skip_existing(paths: list[Path], overwrite: bool) -> np.ndarray | None:
         return None
 
 
-def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result: Any, palette: str) -> torch.Tensor:
+def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result: Any, palette: str,
+           max_side: int | None) -> torch.Tensor:  # fmt: skip
     """Write the image's outputs, each atomically, the pseudo label last; returns the label map."""
     from cdclip.atomic import atomic_path
     from cdclip.data.palette import save_label_png
@@ -430,7 +450,7 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
         )
     if len(paths) > 2:
         with atomic_path(paths[2]) as tmp:
-            _save_overlay(tmp, image, label.numpy(), result.refined[0, keys].cpu(), palette)
+            _save_overlay(tmp, image, label.numpy(), result.refined[0, keys].cpu(), palette, max_side)
     with atomic_path(paths[1]) as tmp:
         save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
     return label
@@ -445,9 +465,8 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
 
     matrix = ConfusionMatrix(num_classes + 1, ignore_index=255)
     counts = _Counts()
-    skip_bad = args.skip_bad if args.skip_bad is not None else args.images is not None
     for index in tqdm(list(_indices(len(dataset), args.limit)), desc="cdclip cams", unit="img"):
-        item = _load(dataset, index, skip_bad, counts)
+        item = _load(dataset, index)
         if item is None:
             continue
         name, mask = str(item["name"]), item.get("mask")
@@ -460,11 +479,13 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
             image = _as_uint8(item["image"], name)
             labels = _labels_of(item, config, num_classes)
             counts.unlabelled += int(not bool((labels > 0).any()))
-            label = _write(paths, image, labels, labeler(image[None], labels), palette)
+            label = _write(paths, image, labels, labeler(image[None], labels), palette, config.model.cam_max_side)
             counts.computed += 1
         if mask is not None:
             matrix.update(label, torch.as_tensor(mask))
             counts.scored += 1
+    skipped = list(getattr(dataset, "skipped", ()))
+    counts.bad, counts.bad_names = len(skipped), [f"{s.name} ({s.reason})" for s in skipped]
     return matrix, counts
 
 
