@@ -132,3 +132,18 @@ def test_registered_names():
     assert isinstance(cdclip.create("gradcam"), CLIPGradCAM)
     assert isinstance(cdclip.create("patch_text", flip=True), PatchTextCAM)
     assert "gradcam" in cdclip.list_components(kind="cam")
+
+
+def test_slot_argmax_breaks_ties_like_argmax():
+    from cdclip.cam.labels import slot_argmax
+    from cdclip.cam.slots import class_slots
+
+    g = torch.Generator().manual_seed(0)
+    stack = torch.randint(0, 3, (2, 3, 9, 11), generator=g).float()  # many exact ties
+    present = torch.tensor([[True, False, True], [False, True, False]])
+    slots = class_slots(present)
+    ids = torch.cat([torch.full((2, 1), -1), slots.index], dim=1) + 1
+    masked = stack.masked_fill(~torch.cat([torch.ones(2, 1, dtype=torch.bool), slots.valid], 1)[:, :, None, None],
+                               float("-inf"))  # fmt: skip
+    expected = ids.gather(1, masked.argmax(dim=1).flatten(1)).reshape(2, 9, 11)
+    assert torch.equal(slot_argmax(stack, slots), expected)

@@ -343,7 +343,7 @@ class Evaluator:
         """
         logits = self.logits(image)
         if self.crf is None:
-            return logits.argmax(0).cpu()
+            return logits.max(0).indices.cpu()  # argmax (first maximum on ties), far faster on the CPU
         probs = torch.softmax(logits.float(), dim=0).cpu()
         refined = self.crf(_plain(image).cpu(), probs)
         return torch.as_tensor(np.asarray(refined)).argmax(0).long().cpu()
