@@ -360,3 +360,25 @@ def test_cams_skip_bad_on_a_dataset_skips_and_counts(voc_root, tmp_path, tiny_ba
     captured = capsys.readouterr()
     assert f"1 unreadable image(s) skipped: {name}" in captured.err
     assert f"{len(_names(voc_root)) - 1} computed" in captured.out
+
+
+def test_eval_skip_bad_scores_each_good_image_once(voc_root, tmp_path, capsys):
+    import shutil
+
+    from cdclip.data.palette import load_label_png, save_label_png
+
+    root = tmp_path / "VOC2012"
+    shutil.copytree(voc_root, root)
+    names = _names(voc_root)
+    preds = tmp_path / "preds"
+    for name in names:  # perfect predictions: the ground truth itself
+        save_label_png(preds / f"{name}.png", load_label_png(root / "SegmentationClass" / f"{name}.png"))
+    (root / "JPEGImages" / f"{names[0]}.jpg").write_bytes(b"")
+    argv = ["eval", "--voc", str(root), "--pred-dir", str(preds), "--out", str(tmp_path / "e"), "--quiet",
+            "--void-pred", "skip"]
+    assert main(argv) == 2  # without --skip-bad a broken image is an error
+    capsys.readouterr()
+    assert main([*argv, "--skip-bad"]) == 0
+    assert f"1 unreadable image(s) skipped: {names[0]}" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["images"] == len(names) - 1 and metrics["miou"] == 1.0  # the next image is not scored twice

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--split", default=None, help="split to score (VOC: val; COCO: val2014)")
     data.add_argument("--mask-dir", default=None, help="ground-truth mask folder (default: the dataset's)")
     data.add_argument("--limit", type=int, default=None, help="only the first N images")
+    data.add_argument("--skip-bad", action="store_true", help="skip (and count) images with missing or broken files")
 
     what = parser.add_argument_group("what to score (one of)")
     mode = what.add_mutually_exclusive_group(required=True)
@@ -63,15 +64,20 @@ def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
         from cdclip.data.voc import VOCSegmentation
 
         split = args.split or "val"
-        return VOCSegmentation(args.voc, split, mask_dir=args.mask_dir, require_labels=False), split
+        return VOCSegmentation(args.voc, split, mask_dir=args.mask_dir, require_labels=False,
+                               skip_bad=args.skip_bad), split
     from cdclip.data.coco import COCOSegmentation
 
     split = args.split or "val2014"
-    return COCOSegmentation(args.coco, split, mask_dir=args.mask_dir), split
+    return COCOSegmentation(args.coco, split, mask_dir=args.mask_dir, skip_bad=args.skip_bad), split
 
 
 def _print_result(metrics: dict[str, Any], out: Path) -> None:
     print((out / "iou.md").read_text(encoding="utf-8").rstrip())
+    bad = metrics.get("unreadable") or []
+    if bad:
+        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        print(f"cdclip eval: warning: {len(bad)} unreadable image(s) skipped: {shown}", file=sys.stderr)
     print(f"mIoU {100.0 * metrics['miou']:.2f} over {metrics['images']} image(s); metrics in {out / 'metrics.json'}")
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdclip._checks import check_floating, check_rank, check_tensor
+from cdclip.atomic import atomic_path, atomic_write_text
 from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
 from cdclip.metrics import ConfusionMatrix
 
@@ -192,8 +193,8 @@ def _write_report(out_dir: Path, metrics: Mapping[str, Any], table: str) -> None
     plain["miou"] = _nan_to_none(metrics["miou"])
     plain["pixel_accuracy"] = _nan_to_none(metrics["pixel_accuracy"])
     plain["iou"] = {k: _nan_to_none(v) for k, v in metrics["iou"].items()}  # JSON has no NaN
-    (out_dir / "metrics.json").write_text(json.dumps(plain, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "iou.md").write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(plain, indent=2) + "\n")
+    atomic_write_text(out_dir / "iou.md", table + "\n")
 
 
 def _prediction_values(pred: np.ndarray, void_prediction: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -384,10 +385,14 @@ class Evaluator:
         pred_dir = Path(out_dir) / PREDICTION_DIR if out_dir is not None and save_predictions else None
         matrix = ConfusionMatrix(self.num_classes, self.ignore_index)
         scored = predicted = reused = 0
+        unreadable: list[str] = []
         for item in tqdm(
             _iterate(dataset, indices, num_workers), total=len(indices), desc="eval", unit="img",
             disable=not self.progress or rank != 0,
         ):
+            if "unreadable" in item:
+                unreadable.append(f"{item['unreadable']} ({item['reason']})")
+                continue
             name = str(item["name"])
             mask = _plain(item.get("mask"))
             image = _plain(item["image"])
@@ -404,9 +409,8 @@ class Evaluator:
                 pred = self.predict(image)
                 predicted += 1
                 if path is not None:
-                    tmp = path.with_name(f".{path.stem}.tmp.png")
-                    save_label_png(tmp, pred, palette=self.palette)
-                    tmp.replace(path)  # atomic: a killed run never leaves half a PNG behind
+                    with atomic_path(path) as tmp:  # a killed run never leaves half a PNG behind
+                        save_label_png(tmp, pred, palette=self.palette)
             if mask is not None:
                 matrix.update(pred, mask)
                 scored += 1
@@ -416,6 +420,7 @@ class Evaluator:
         metrics.update(
             predicted=predicted,
             reused=reused,
+            unreadable=unreadable,
             scales=list(self.scales),
             flip=self.flip,
             long_side=self.long_side,
@@ -426,13 +431,36 @@ class Evaluator:
         return metrics
 
 
+class _OnePass:
+    """Each index once: with ``skip_bad``, a broken sample becomes ``{"unreadable": name, "reason": why}``.
+
+    ``dataset[i]`` of a ``skip_bad`` dataset substitutes the next good sample, which a training
+    loader needs but which would predict and score that sample twice in one pass.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]:
+        if not hasattr(self.dataset, "try_get"):
+            return self.dataset[index]
+        item = self.dataset.try_get(index)
+        if item is None:
+            return {"unreadable": str(self.dataset.names[index]), "reason": self.dataset.skipped[-1].reason}
+        return item
+
+
 def _iterate(dataset: Any, indices: Sequence[int], num_workers: int) -> Iterable[Mapping[str, Any]]:
-    """Samples at ``indices``, decoded in ``num_workers`` background processes when asked."""
+    """Samples at ``indices`` (each once, see :class:`_OnePass`), decoded in ``num_workers`` processes when asked."""
+    one_pass = _OnePass(dataset)
     if num_workers <= 0:
-        return (dataset[i] for i in indices)
+        return (one_pass[i] for i in indices)
     from torch.utils.data import DataLoader, Subset
 
-    return DataLoader(Subset(dataset, list(indices)), batch_size=None, num_workers=num_workers)
+    return DataLoader(Subset(one_pass, list(indices)), batch_size=None, num_workers=num_workers)
 
 
 # ---------------------------------------------------------------------------- scoring written labels
@@ -490,8 +518,11 @@ def evaluate_labels(
             raise FileNotFoundError(f"pred_dir: {len(missing)} prediction PNG(s) missing in {pred_dir}: {shown}")
     matrix = ConfusionMatrix(num_classes, ignore_index)
     scored = 0
-    for index in tqdm(range(total), desc="score", unit="img", disable=not progress):
-        item = dataset[index]
+    unreadable: list[str] = []
+    for item in tqdm(_iterate(dataset, range(total), 0), total=total, desc="score", unit="img", disable=not progress):
+        if "unreadable" in item:
+            unreadable.append(f"{item['unreadable']} ({item['reason']})")
+            continue
         name = str(item["name"])
         if item.get("mask") is None:
             raise ValueError(f"dataset: sample {name!r} has no mask to score against")
@@ -509,6 +540,7 @@ def evaluate_labels(
         matrix.update(pred, target)
         scored += 1
     metrics = _summary(matrix, names_list, scored)
+    metrics["unreadable"] = unreadable
     if out_dir is not None:
         _write_report(Path(out_dir), metrics, matrix.table(names_list))
     return metrics
