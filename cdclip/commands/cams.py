@@ -115,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="recompute every image (needed to change the settings of an existing --out)")
     out.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
 
+    scale = parser.add_argument_group("scale out (or run under torchrun: one shard per process)")
+    scale.add_argument("--shard", default=None, metavar="K/N",
+                       help="process shard K of N (0-based, e.g. $SLURM_ARRAY_TASK_ID/8) into a shared --out")
+    scale.add_argument("--merge", action="store_true",
+                       help="only merge the shards' scores in --out into metrics.json (the last shard also does)")
+
 
 # flags that override the preset's ModelConfig fields: flag -> field
 _MODEL_FLAGS = {
@@ -223,6 +229,7 @@ SETTINGS_NAME = "settings.json"
 LOCK_NAME = ".cams.lock"
 FORMAT = "cdclip-cams-v1"
 _OUTPUT_DIRS = ("cams", "pseudo", "overlay")
+SHARD_DIR = "shards"  # per-shard scores, merged into metrics.json
 _PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -328,11 +335,14 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool, ignore
     return False
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove the outputs of other settings (``--overwrite`` after a change): none may look current."""
+def _clear_outputs(out: Path, names: set[str] | None = None) -> None:
+    """Remove the outputs of other settings (``--overwrite`` after a change): none may look current.
+
+    A shard removes only its own images' outputs (``names``); the others are another shard's.
+    """
     for folder in _OUTPUT_DIRS:
         for path in (out / folder).glob("*"):
-            if path.suffix in (".npz", ".png"):
+            if path.suffix in (".npz", ".png") and (names is None or path.stem in names):
                 path.unlink()
     (out / "metrics.json").unlink(missing_ok=True)
 
@@ -358,31 +368,66 @@ class _Counts:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdclip.atomic import atomic_write_text, remove_stale_temps
+    from cdclip.atomic import atomic_write_text
     from cdclip.device import check_device
+    from cdclip.distributed import cleanup, init_from_env, rank_and_world
     from cdclip.folder_lock import folder_lock
 
     if args.list_presets:
         print_presets()
         return 0
+    out = _check_out(args.out)
+    if args.merge:
+        return _merge_shards(out)
     if args.images is None and args.voc is None and args.coco is None:
         raise ValueError("input: one of --images, --voc, --coco is required")
-    out = _check_out(args.out)
     check_device(args.device, "--device")
     config = model_config(args)
     dataset, class_names, bg_words, palette = _dataset(args, config)
     settings = _settings(args, config, class_names, bg_words)
-    with folder_lock(out, LOCK_NAME):
-        remove_stale_temps(out)
-        _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint",))
-        labeler = _build_labeler(args, config, class_names, bg_words, settings)
-        if _check_settings(out, settings, args.overwrite):
-            _clear_outputs(out)
-        write_settings_record(out, settings)
-        atomic_write_text(out / "classes.json", _classes_table(class_names))
-        matrix, counts = _process(args, config, dataset, labeler, out, palette, len(class_names))
-        _report(out, matrix, counts, class_names, settings, args.preset)
+    args.device = init_from_env(args.device)
+    shard = _shard(args, *rank_and_world())
+    names = _shard_names(dataset, shard, args.limit)
+    try:
+        with folder_lock(out, LOCK_NAME if shard.count == 1 else f".cams-{shard.tag}.lock"):
+            _remove_own_temps(out, names, shard)
+            _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint",))
+            labeler = _build_labeler(args, config, class_names, bg_words, settings)
+            if _check_settings(out, settings, args.overwrite):
+                _clear_outputs(out, names if shard.count > 1 else None)
+            write_settings_record(out, settings)
+            atomic_write_text(out / "classes.json", _classes_table(class_names))
+            matrix, counts = _process(args, config, dataset, labeler, out, palette, len(class_names), shard)
+            _finish(out, matrix, counts, class_names, settings, args.preset, shard, rank_and_world()[1] > 1)
+    finally:
+        cleanup()
     return 0
+
+
+def _shard(args: argparse.Namespace, rank: int, world: int) -> Any:
+    """This process's part of the image list: the torchrun rank, ``--shard K/N``, or everything."""
+    from cdclip.distributed import Shard, parse_shard
+
+    if world > 1:
+        if args.shard is not None:
+            raise ValueError("--shard: under torchrun every process takes its rank's shard; drop --shard")
+        return Shard(rank, world)
+    return parse_shard(args.shard) if args.shard is not None else Shard()
+
+
+def _shard_names(dataset: Any, shard: Any, limit: int | None) -> set[str]:
+    names = list(getattr(dataset, "names", ()))
+    return {names[i] for i in shard.select(list(_indices(len(dataset), limit)))} if names else set()
+
+
+def _remove_own_temps(out: Path, names: set[str], shard: Any) -> None:
+    """Temporaries a killed run left; with shards only this shard's (another may be writing its own)."""
+    from cdclip.atomic import remove_stale_temps
+
+    def other_shards(path: Path) -> bool:
+        return path.name[1:].rsplit(".tmp", 1)[0] not in names
+
+    remove_stale_temps(out, keep=other_shards if shard.count > 1 else None)
 
 
 def write_settings_record(out: Path, settings: dict[str, Any]) -> None:
@@ -457,7 +502,7 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
 
 
 def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, out: Path, palette: str,
-             num_classes: int) -> tuple[Any, _Counts]:  # fmt: skip
+             num_classes: int, shard: Any) -> tuple[Any, _Counts]:  # fmt: skip
     """Every image: skip complete outputs (re-reading the label for the score), else compute and write."""
     from tqdm import tqdm
 
@@ -465,7 +510,9 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
 
     matrix = ConfusionMatrix(num_classes + 1, ignore_index=255)
     counts = _Counts()
-    for index in tqdm(list(_indices(len(dataset), args.limit)), desc="cdclip cams", unit="img"):
+    indices = shard.select(list(_indices(len(dataset), args.limit)))
+    desc = "cdclip cams" if shard.count == 1 else f"cdclip cams {shard.index}/{shard.count}"
+    for index in tqdm(indices, desc=desc, unit="img", position=shard.index if shard.count > 1 else None):
         item = _load(dataset, index)
         if item is None:
             continue
@@ -497,11 +544,76 @@ def _as_uint8(image: Any, name: str) -> torch.Tensor:
     return tensor
 
 
-def _report(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
-            preset: str | None) -> None:  # fmt: skip
-    """The summary line, warnings about skipped and unlabelled images, the score and ``metrics.json``."""
+def _finish(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
+            preset: str | None, shard: Any, distributed: bool) -> None:  # fmt: skip
+    """Summaries and the score: all-reduced under torchrun, merged from shard files with ``--shard``."""
+    from cdclip.distributed import is_main_process
+
+    if distributed:
+        matrix.all_reduce()
+        _all_reduce_counts(counts)
+        if is_main_process():
+            _report(out, matrix, counts, class_names, settings, preset)
+        return
+    if shard.count == 1:
+        _report(out, matrix, counts, class_names, settings, preset)
+        return
+    _print_counts(out, counts)
+    _write_shard_score(out, shard, matrix, counts, class_names, settings, preset)
+    if len(list((out / SHARD_DIR).glob(f"*of{shard.count}.json"))) == shard.count:
+        _merge_shards(out)  # the last shard to finish writes the merged score
+
+
+def _all_reduce_counts(counts: _Counts) -> None:
+    import torch.distributed as dist
+
+    fields = ("computed", "skipped", "scored", "bad", "unlabelled")
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    buffer = torch.tensor([getattr(counts, f) for f in fields], dtype=torch.int64, device=device)
+    dist.all_reduce(buffer)
+    for field, value in zip(fields, buffer.tolist(), strict=True):
+        setattr(counts, field, int(value))
+
+
+def _write_shard_score(out: Path, shard: Any, matrix: Any, counts: _Counts, class_names: tuple[str, ...],
+                       settings: dict[str, Any], preset: str | None) -> None:  # fmt: skip
+    """This shard's confusion matrix and counts, for :func:`_merge_shards`."""
     from cdclip.atomic import atomic_write_text
 
+    record = {
+        "shard": [shard.index, shard.count], "matrix": matrix.matrix.tolist(), "scored": counts.scored,
+        "unreadable": counts.bad_names, "class_names": list(class_names),
+        "settings": {"model": settings["model"], "weights": settings["weights"]}, "preset": preset,
+    }  # fmt: skip
+    atomic_write_text(out / SHARD_DIR / f"{shard.tag}.json", json.dumps(record) + "\n")
+
+
+def _merge_shards(out: Path) -> int:
+    """Sum the shards' confusion matrices into ``metrics.json`` (``--merge``, or the last shard)."""
+    from cdclip.metrics import ConfusionMatrix
+
+    records = [json.loads(p.read_text()) for p in sorted((out / SHARD_DIR).glob("shard*of*.json"))]
+    if not records:
+        raise FileNotFoundError(f"--merge: no shard scores in {out / SHARD_DIR} (run the shards first)")
+    total = records[0]["shard"][1]
+    present = sorted({r["shard"][0] for r in records if r["shard"][1] == total})
+    if len(present) != total:
+        missing = sorted(set(range(total)) - set(present))
+        raise ValueError(f"--merge: shards {missing} of {total} have not finished in {out}")
+    class_names = tuple(records[0]["class_names"])
+    matrix = ConfusionMatrix(len(class_names) + 1, ignore_index=255)
+    counts = _Counts()
+    for record in (r for r in records if r["shard"][1] == total):
+        matrix.matrix += torch.tensor(record["matrix"], dtype=torch.int64)
+        counts.scored += record["scored"]
+        counts.bad_names = sorted(set(counts.bad_names) | set(record["unreadable"]))
+    counts.bad = len(counts.bad_names)
+    if counts.scored:
+        _write_score(out, matrix, counts, class_names, records[0]["settings"], records[0]["preset"])
+    return 0
+
+
+def _print_counts(out: Path, counts: _Counts) -> None:
     print(f"cdclip cams: {counts.computed} computed, {counts.skipped} skipped (existing), outputs in {out}")
     if counts.bad:
         shown = ", ".join(counts.bad_names[:5]) + (" ..." if counts.bad > 5 else "")
@@ -509,8 +621,21 @@ def _report(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...
     if counts.unlabelled:
         print(f"cdclip cams: warning: {counts.unlabelled} image(s) have no class in their labels "
               "(their pseudo labels are all background)", file=sys.stderr)  # fmt: skip
-    if not counts.scored:
-        return
+
+
+def _report(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
+            preset: str | None) -> None:  # fmt: skip
+    """The summary line, warnings about skipped and unlabelled images, the score and ``metrics.json``."""
+    _print_counts(out, counts)
+    if counts.scored:
+        _write_score(out, matrix, counts, class_names, settings, preset)
+
+
+def _write_score(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
+                 preset: str | None) -> None:  # fmt: skip
+    """Print the per-class table and the mIoU; write ``metrics.json``."""
+    from cdclip.atomic import atomic_write_text
+
     names_bg = ("background", *class_names)
     miou = float(matrix.miou())
     print(matrix.table(names_bg))

@@ -94,7 +94,7 @@ def _build_model(args: argparse.Namespace) -> tuple[Any, str | None]:
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict):
         raise TypeError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device
     # evaluation needs neither DINO nor the boundary loss: λ_be = 0 keeps DINO from being built
     overrides: dict[str, Any] = {"device": device, "loss": {"lambda_be": 0.0}}
     if args.clip_weights is not None:
@@ -140,7 +140,7 @@ def _check_eval_settings(args: argparse.Namespace, model: Any, out: Path, split:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdclip.pipeline.evaluator import Evaluator, evaluate_labels
+    from cdclip.pipeline.evaluator import evaluate_labels
 
     root = args.voc if args.voc is not None else args.coco
     if not root.is_dir():
@@ -175,6 +175,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"cdclip eval: --scales must be > 0 and --long-side >= 0, got {args.scales} / {args.long_side}",
               file=sys.stderr)
         return 2
+    from cdclip.device import default_device
+    from cdclip.distributed import cleanup, init_from_env
+
+    args.device = init_from_env(args.device or default_device())
+    try:
+        return _evaluate_checkpoint(args, dataset, split, names)
+    finally:
+        cleanup()
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, dataset: Any, split: str, names: list[str]) -> int:
+    """Rebuild the trained model, check it against the output folder, predict and score.
+
+    Under torchrun every process predicts every world-size-th image; the confusion matrices are
+    summed and process 0 writes and prints the report.
+    """
+    from cdclip.distributed import is_main_process
+    from cdclip.pipeline.evaluator import Evaluator
+
     try:
         model, trained_clip = _build_model(args)
     except ImportError as err:
@@ -197,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metrics = evaluator.evaluate(dataset, out_dir=out, limit=args.limit, overwrite=args.overwrite,
                                  num_workers=args.workers)
-    _print_result(metrics, out)
-    summary = {k: metrics[k] for k in ("predicted", "reused")}
-    print(f"predictions in {out / 'predictions'}: {json.dumps(summary)}")
+    if is_main_process():
+        _print_result(metrics, out)
+        summary = {k: metrics[k] for k in ("predicted", "reused")}
+        print(f"predictions in {out / 'predictions'}: {json.dumps(summary)}")
     return 0

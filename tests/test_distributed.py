@@ -1,0 +1,120 @@
+"""Scale-out (issue 11): ``cams --shard K/N`` and ``cams``/``eval`` under torchrun with 2 Gloo processes
+give exactly the files and the score of one process (tiny random backbones, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_driver import register_tiny_backbones, tiny_cams_argv
+
+from cdclip.cli import main
+from cdclip.distributed import Shard, parse_shard
+from cdclip.registry import registry
+
+DRIVER = Path(__file__).with_name("cli_driver.py")
+
+
+@pytest.fixture
+def tiny_backbones():
+    register_tiny_backbones()
+    yield
+    registry.unregister("tinyclip-cli")
+    registry.unregister("tinydino-cli")
+
+
+def _cams(argv: list[str]) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def _outputs(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in root.rglob("*")
+            if p.is_file() and p.parts[-2] in ("cams", "pseudo", "overlay")}  # fmt: skip
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    fa, fb = _outputs(a), _outputs(b)
+    assert sorted(fa) == sorted(fb) and fa
+    for name, path in fa.items():
+        if name.endswith(".npz"):
+            x, y = np.load(path), np.load(fb[name])
+            assert all(np.array_equal(x[k], y[k]) for k in x.files), name
+        else:
+            assert path.read_bytes() == fb[name].read_bytes(), name
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["miou"] == mb["miou"] and ma["images"] == mb["images"]
+
+
+def test_parse_shard_and_disjoint_selection():
+    assert parse_shard("1/3") == Shard(1, 3)
+    items = list(range(10))
+    parts = [Shard(k, 3).select(items) for k in range(3)]
+    assert sorted(i for part in parts for i in part) == items and parts[0] == [0, 3, 6, 9]
+    for bad in ("3/3", "1", "-1/2", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_cams_shards_write_the_files_and_score_of_one_process(voc_root, tmp_path, tiny_backbones, capsys):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert _cams(tiny_cams_argv(voc_root, single, split="train_aug")) == 0
+    assert _cams(tiny_cams_argv(voc_root, sharded, "--shard", "1/2", split="train_aug")) == 0
+    assert not (sharded / "metrics.json").exists()  # shard 0 has not run yet
+    with pytest.raises(ValueError, match=r"shards \[0\] of 2"):
+        from cdclip.commands.cams import _merge_shards
+
+        _merge_shards(sharded)
+    assert _cams(tiny_cams_argv(voc_root, sharded, "--shard", "0/2", split="train_aug")) == 0  # the last merges
+    _assert_same_outputs(single, sharded)
+    (sharded / "metrics.json").unlink()
+    assert main(["cams", "--out", str(sharded), "--merge"]) == 0
+    assert json.loads((sharded / "metrics.json").read_text())["miou"] == json.loads(
+        (single / "metrics.json").read_text())["miou"]  # fmt: skip
+
+
+def _run(argv: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess (one torch thread each, as under torchrun), or ``nproc`` of them under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CDCLIP_NO_PLUGINS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc else []
+    done = subprocess.run([sys.executable, *launcher, str(DRIVER), *argv], env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_cams_under_torchrun_matches_one_process(voc_root, tmp_path):
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    _run(tiny_cams_argv(voc_root, single, split="train_aug"))  # same thread count as each rank
+    done = _run(tiny_cams_argv(voc_root, ranks, "--device", "cpu", split="train_aug"), nproc=2)
+    _assert_same_outputs(single, ranks)
+    assert done.stdout.count("pseudo-label mIoU") == 1  # written and printed once, by rank 0
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_gives_the_single_process_miou(voc_root, tmp_path):
+    from cli_driver import tiny_train_argv
+
+    run = tmp_path / "run"
+    _run(tiny_train_argv(voc_root, run, "--set", "loss.lambda_be=0"))
+    argv = ["eval", "--voc", str(voc_root), "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu",
+            "--long-side", "64", "--scales", "1", "0.75", "--workers", "0", "--quiet"]  # fmt: skip
+    _run([*argv, "--out", str(tmp_path / "one")])
+    done = _run([*argv, "--out", str(tmp_path / "two")], nproc=2)
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert one["images"] == two["images"] == len(_names(voc_root)) and one["miou"] == two["miou"]
+    assert one["iou"] == two["iou"] and done.stdout.count("predictions in") == 1  # printed by rank 0 only
+    for png in (tmp_path / "one" / "predictions").iterdir():
+        assert png.read_bytes() == (tmp_path / "two" / "predictions" / png.name).read_bytes()
+
+
+def _names(voc_root: Path) -> list[str]:
+    return (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
