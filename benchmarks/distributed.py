@@ -1,0 +1,85 @@
+"""``cdclip cams`` with 1 and 2 processes on this machine: images per second and scaling efficiency.
+
+Each configuration is a fresh command (random ViT-B/16, ``--weights none``, the VOC sample or any
+``--voc`` folder) with one torch thread per process, so that 2 processes use 2 cores as 1 process
+uses 1. The start-up (imports, model, text classifier) is timed with ``--limit 0`` and subtracted, so
+images per second measure the per-image work.
+
+    python benchmarks/distributed.py --voc examples/data/VOC2012 --out benchmarks/results/distributed.json
+
+Training is not distributed yet, so only ``cams`` is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _wall(argv: list[str], nproc: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    command = [sys.executable, *launcher, "-m", "cdclip", *argv] if nproc > 1 else [sys.executable, "-m", "cdclip", *argv]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def _cams(voc: Path, split: str, out: Path, *extra: str) -> list[str]:
+    return ["cams", "--voc", str(voc), "--split", split, "--out", str(out), "--weights", "none", "--device", "cpu",
+            "--no-overlay", *extra]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voc", type=Path, default=Path(__file__).resolve().parents[1] / "examples/data/VOC2012")
+    parser.add_argument("--split", default="train_aug")
+    parser.add_argument("--preset", default="cdclip-voc")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (and .md beside)")
+    args = parser.parse_args()
+
+    images = len((args.voc / "ImageSets" / "Segmentation" / f"{args.split}.txt").read_text().split())
+    work = Path(tempfile.mkdtemp(prefix="cdclip-distributed-"))
+    rows = {}
+    try:
+        for nproc in (1, 2):
+            startup = _wall(_cams(args.voc, args.split, work / f"start{nproc}", "--preset", args.preset,
+                                  "--limit", "0"), nproc)  # fmt: skip
+            total = _wall(_cams(args.voc, args.split, work / f"run{nproc}", "--preset", args.preset), nproc)
+            rows[nproc] = {"wall_s": total, "startup_s": startup, "images_per_s": images / max(total - startup, 1e-9)}
+            print(f"{nproc} process(es): {total:.1f} s ({startup:.1f} s start-up), "
+                  f"{rows[nproc]['images_per_s']:.2f} images/s", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    efficiency = rows[2]["images_per_s"] / (2 * rows[1]["images_per_s"])
+    result = {"images": images, "preset": args.preset, "cpu_count": os.cpu_count(), "processes": rows,
+              "scaling_efficiency_2": efficiency}  # fmt: skip
+    md = "\n".join([
+        "## `cdclip cams` on 1 and 2 processes (CPU, one torch thread each, random ViT-B/16)",
+        "",
+        f"{images} VOC images, preset `{args.preset}`; start-up timed with `--limit 0` and subtracted.",
+        "",
+        "| processes | wall (s) | start-up (s) | images / s |",
+        "|---:|---:|---:|---:|",
+        *(f"| {n} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {r['images_per_s']:.2f} |" for n, r in rows.items()),
+        "",
+        f"Scaling efficiency with 2 processes: {100 * efficiency:.0f}%.",
+    ]) + "\n"  # fmt: skip
+    print(md)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
