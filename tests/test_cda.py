@@ -11,7 +11,7 @@ from scenes import two_part_scene
 
 import cdclip
 from cdclip.affinity.boxes import box_mask
-from cdclip.affinity.cda import minmax_normalize
+from cdclip.affinity.cda import CDAModule, minmax_normalize
 from cdclip.affinity.transition import transition_matrix
 from cdclip.functional import (
     cda_affinity,
@@ -210,3 +210,47 @@ def test_bad_constructor_arguments():
         cdclip.CDAModule(gamma=1.5)
     with pytest.raises(ValueError, match="affinity: expected one of"):
         cdclip.CDAModule(affinity="cosine")
+
+
+# ---------------------------------------------------------------------------- per-image classes
+def _all_class_inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cams = torch.rand(3, 5, 6, 7, generator=g)
+    probs = torch.softmax(4 * torch.randn(3, 42, 5, generator=g), dim=-1)
+    attn = torch.softmax(6 * torch.randn(3, 42, 42, generator=g), dim=-1)  # peaked: the maps are not flat
+    present = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    return cams, probs, attn, present
+
+
+@pytest.mark.parametrize("fusion", ["mean", "replace", "product", "attn"])
+def test_cda_with_a_present_mask_equals_refining_each_images_classes(fusion):
+    cams, probs, attn, present = _all_class_inputs()
+    cda = CDAModule(fusion=fusion)
+    batched = cda(cams, probs, attn, present=present)
+    assert batched.shape == cams.shape
+    for i in range(3):
+        alone = cda(cams[i : i + 1, present[i]], probs[i : i + 1], attn[i : i + 1])
+        torch.testing.assert_close(batched[i, present[i]], alone[0], rtol=0, atol=1e-6)
+        assert not batched[i, ~present[i]].any()  # absent classes are zero maps
+    indices = [torch.nonzero(row).flatten() for row in present]
+    torch.testing.assert_close(cda(cams, probs, attn, present=indices), batched, rtol=0, atol=0)
+
+
+def test_cda_normalize_false_keeps_the_propagated_scores():
+    cams, probs, attn, _ = _all_class_inputs(1)
+    raw = CDAModule(normalize=False)(cams, probs, attn)
+    normalised = CDAModule()(cams, probs, attn)
+    assert float(raw.amax()) > 1.0 or float(raw.amin()) > 0.0  # not min-max normalised
+    flat = raw.flatten(2)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    torch.testing.assert_close(((flat - lo) / (1e-7 + hi - lo)).reshape(raw.shape), normalised, rtol=0, atol=1e-6)
+
+
+def test_cda_present_is_validated():
+    cams, probs, attn, present = _all_class_inputs()
+    with pytest.raises(ValueError, match="present"):
+        CDAModule()(cams, probs, attn, present=present[:, :4])
+    with pytest.raises(ValueError, match=r"present\[1\]"):
+        CDAModule()(cams, probs, attn, present=[torch.tensor([0]), torch.tensor([7]), torch.tensor([])])
+    with pytest.raises(TypeError, match="normalize"):
+        CDAModule(normalize="yes")

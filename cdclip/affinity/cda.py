@@ -43,6 +43,7 @@ min–max normalised. Under ``torch.autocast`` everything runs in float32 (float
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -296,6 +297,8 @@ def cda_refine(
     sinkhorn_iters: int = 3,
     power: int = 2,
     box_rule: BoxRule = "inclusive",
+    present: Tensor | Sequence[Tensor] | None = None,
+    normalize: bool = True,
 ) -> Tensor:
     """Refine CAMs by propagating them along the fused CDA / attention transition matrix.
 
@@ -318,13 +321,21 @@ def cda_refine(
         affinity, sigma, beta: see :func:`cda_affinity`.
         sinkhorn_iters, power: see :func:`~cdclip.affinity.transition.transition_matrix`.
         box_rule: ``"inclusive"`` or ``"clip-es"`` (see :func:`~cdclip.affinity.boxes.box_mask`).
+        present: the classes of each image, when ``cams`` holds every class: a ``(B, C)`` bool mask
+            or one tensor of class indices per image. Absent classes come out as zero maps, so a
+            batch whose images have different classes is one call. Each map is propagated on its
+            own, so the present maps equal those of refining only the present CAMs.
+        normalize: min–max normalise each refined map (default). ``False`` returns the propagated
+            values ``T · (box ⊙ M)`` for methods that threshold absolute scores.
 
     Raises:
         ValueError: a bad hyper-parameter, shape or empty dimension; CAMs outside [0, 1] or not
-            finite; ``probs`` rows that are not distributions; negative or non-finite ``attn``.
+            finite; ``probs`` rows that are not distributions; negative or non-finite ``attn``; a
+            ``present`` mask of the wrong shape or out-of-range indices.
 
     Returns:
-        Refined CAMs in float32 (float64 for float64 input), each map min–max normalised.
+        Refined CAMs in float32 (float64 for float64 input), each map min–max normalised unless
+        ``normalize=False``.
 
     Shape:
         - cams: (B, C, h, w)
@@ -350,8 +361,29 @@ def cda_refine(
     trans = _fused_transition(probs, attn, fusion, gamma, affinity, sigma, beta, sinkhorn_iters, power, dtype)
 
     masked = cams.to(dtype) * box_mask(cams, box_threshold, box_rule)
-    refined = torch.bmm(trans, masked.flatten(2).transpose(1, 2))  # (B, N, C)
-    return minmax_normalize(refined.transpose(1, 2).reshape(b, c, h, w))
+    refined = torch.bmm(trans, masked.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, h, w)
+    if normalize:
+        refined = minmax_normalize(refined)
+    if present is not None:
+        refined = refined * _present_mask(present, b, c).to(refined.device)[:, :, None, None]
+    return refined
+
+
+def _present_mask(present: Tensor | Sequence[Tensor], batch: int, classes: int) -> Tensor:
+    """``present`` as a (B, C) float mask: from a bool/0-1 mask or one index tensor per image."""
+    if isinstance(present, Tensor):
+        if tuple(present.shape) != (batch, classes):
+            raise ValueError(f"present: expected a (B, C) = ({batch}, {classes}) mask, got {tuple(present.shape)}")
+        return (present > 0).float()
+    if len(present) != batch:
+        raise ValueError(f"present: expected one index tensor per image ({batch}), got {len(present)}")
+    mask = torch.zeros(batch, classes)
+    for i, index in enumerate(present):
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= classes):
+            raise ValueError(f"present[{i}]: class indices must lie in [0, {classes}), got {index.tolist()}")
+        mask[i, index] = 1.0
+    return mask
 
 
 def _fused_transition(
@@ -402,12 +434,14 @@ class CDAModule(nn.Module):
         sinkhorn_iters: column/row normalisation rounds (3).
         power: power of the transition matrix (2).
         box_rule: ``"inclusive"`` (default) or ``"clip-es"`` box ends.
+        normalize: min–max normalise each refined map (default); ``False`` keeps the propagated scores.
 
     Example (CAMs from any method, no text classifier)::
 
         cda = CDAModule(fusion="replace")
         probs = class_probs_from_cams(cams_all_classes)        # (B, N, C)
         refined = cda(cams_all_classes[:, present], probs)      # (B, C', h, w)
+        refined = cda(cams_all_classes, probs, present=labels)  # (B, C, h, w), per-image classes
 
     Shape:
         - cams: (B, C, h, w)
@@ -427,10 +461,13 @@ class CDAModule(nn.Module):
         sinkhorn_iters: int = 3,
         power: int = 2,
         box_rule: BoxRule = "inclusive",
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         _check_refine_args(fusion, gamma, box_threshold, affinity, sigma, beta, sinkhorn_iters, power, box_rule)
-        self.box_rule = box_rule
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize: expected True or False, got {normalize!r}")
+        self.box_rule, self.normalize = box_rule, normalize
         self.fusion, self.gamma, self.box_threshold = fusion, gamma, box_threshold
         self.affinity, self.sigma, self.beta = affinity, sigma, beta
         self.sinkhorn_iters, self.power = sinkhorn_iters, power
@@ -438,12 +475,15 @@ class CDAModule(nn.Module):
     def hparams(self) -> dict[str, object]:
         """The constructor arguments, e.g. ``CDAModule(**{**m.hparams(), "fusion": "attn"})``."""
         names = (
-            "fusion", "gamma", "box_threshold", "affinity", "sigma", "beta", "sinkhorn_iters", "power", "box_rule"
+            "fusion", "gamma", "box_threshold", "affinity", "sigma", "beta", "sinkhorn_iters", "power", "box_rule",
+            "normalize",
         )
         return {name: getattr(self, name) for name in names}
 
-    def forward(self, cams: Tensor, probs: Tensor | None = None, attn: Tensor | None = None) -> Tensor:
-        return cda_refine(cams, probs, attn, **self.hparams())  # type: ignore[arg-type]
+    def forward(self, cams: Tensor, probs: Tensor | None = None, attn: Tensor | None = None,
+                present: Tensor | Sequence[Tensor] | None = None) -> Tensor:  # fmt: skip
+        """See :func:`cda_refine`; ``present`` marks each image's classes when ``cams`` holds all of them."""
+        return cda_refine(cams, probs, attn, present=present, **self.hparams())  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
