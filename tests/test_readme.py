@@ -16,4 +16,6 @@ def test_readme_quickstart_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["refined"].shape == (2, 2, 32, 32)
     assert torch.isfinite(namespace["refined"]).all()
+    per_image = namespace["per_image"]
+    assert per_image.shape == (2, 20, 32, 32) and not per_image[0, 3].any() and per_image[1, 3].any()
     assert isinstance(namespace["cda"], namespace["CDAModule"])
