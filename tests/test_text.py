@@ -82,3 +82,32 @@ def test_classifier_with_open_clip_text_tower():
     assert clf.embeddings.shape == (4, backbone.embed_dim)
     ref = backbone.encode_text(["a clean origami person with clothes,people,human."])[0]
     torch.testing.assert_close(clf.embeddings[1], ref)
+
+
+# ---------------------------------------------------------------------------- disk cache
+def test_text_classifier_disk_cache_is_exact_and_keyed_by_weights(tmp_path, monkeypatch):
+    import warnings
+
+    from oracle_backbone import tiny_openclip_backbone
+
+    from cdclip.backbones.text import build_text_classifier, clear_text_cache
+
+    monkeypatch.setenv("CDCLIP_CACHE_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tiny_openclip_backbone(image_size=64, layers=2, seed=0)
+        other = tiny_openclip_backbone(image_size=64, layers=2, seed=1)
+    calls = []
+    real = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda texts: calls.append(len(texts)) or real(texts))
+    first = build_text_classifier(model, ("cat", "dog"), ("sky",)).embeddings
+    assert len(calls) == 3 and len(list((tmp_path / "text").glob("*.pt"))) == 1  # one call per phrase
+    clear_text_cache()
+    second = build_text_classifier(model, ("cat", "dog"), ("sky",)).embeddings
+    assert len(calls) == 3 and torch.equal(first, second)  # from disk, bit for bit
+    build_text_classifier(other, ("cat", "dog"), ("sky",))  # other weights: another file
+    assert len(list((tmp_path / "text").glob("*.pt"))) == 2
+    clear_text_cache()
+    monkeypatch.setenv("CDCLIP_TEXT_CACHE", "0")
+    build_text_classifier(model, ("cat", "dog"), ("sky",))
+    assert len(calls) == 6  # computed again, nothing read

@@ -3,7 +3,8 @@
 ``T = [t_1 .. t_C ; b_1 .. b_{K-C}]`` (DESIGN §2): each row is the L2-normalised mean over prompt
 templates of the L2-normalised text embeddings (CLIP zero-shot recipe, as in CLIP-ES). Built once
 per (model, names, background words, templates, style) and cached in memory on the model (weakly:
-the cache dies with the model).
+the cache dies with the model) and on disk (``$CDCLIP_CACHE_DIR/text``, keyed by the weights'
+fingerprint and the prompts), so a second run skips the text tower.
 
 Any object with ``encode_text(list[str]) -> (K, D)`` works as the model (duck-typed), so custom
 backbones and test oracles plug in.
@@ -119,7 +120,64 @@ def build_text_classifier(
         per_model = {}
     emb = per_model.get(key)
     if emb is None:
-        fg = _embed(model, phrases, templates)
-        emb = torch.cat([fg, _embed(model, bg, templates).to(fg)], dim=0) if bg else fg
+        emb = _load_or_embed(model, phrases, bg, tuple(templates))
         per_model[key] = emb
     return TextClassifier(emb, names, bg)
+
+
+def _embed_all(model: TextEncoder, phrases: Sequence[str], bg: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    fg = _embed(model, phrases, templates)
+    return torch.cat([fg, _embed(model, bg, templates).to(fg)], dim=0) if bg else fg
+
+
+def _load_or_embed(model: TextEncoder, phrases: Sequence[str], bg: Sequence[str],
+                   templates: Sequence[str]) -> torch.Tensor:  # fmt: skip
+    """The embeddings from the disk cache, or computed (one call per phrase) and stored there.
+
+    The file is keyed by everything that changes the numbers: the weights' fingerprint, the model's
+    class and float16 options, the device type, the torch version, the phrases and the templates.
+    It holds exactly what was computed, so a cached run equals an uncached one bit for bit.
+    ``CDCLIP_TEXT_CACHE=0`` turns the disk cache off; models that are not ``nn.Module`` never use it.
+    """
+    path = _disk_path(model, phrases, bg, templates)
+    if path is not None and path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(cached, torch.Tensor) and cached.shape[0] == len(phrases) + len(bg):
+                return cached.to(_device_of(model))
+        except Exception:  # a damaged cache file is recomputed and rewritten
+            pass
+    emb = _embed_all(model, phrases, bg, templates)
+    if path is not None:
+        from cdclip.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(emb.detach().cpu(), tmp)
+    return emb
+
+
+def _device_of(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _disk_path(model: Any, phrases: Sequence[str], bg: Sequence[str], templates: Sequence[str]) -> Any:
+    import hashlib
+    import json
+    import os
+
+    from torch import nn
+
+    if os.environ.get("CDCLIP_TEXT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if not isinstance(model, nn.Module):
+        return None
+    from cdclip.cache_dir import cache_dir
+    from cdclip.fingerprint import weights_fingerprint
+
+    options = {k: getattr(model, k) for k in ("fp16_out_proj", "name") if isinstance(getattr(model, k, None), (bool, str))}
+    key = json.dumps([weights_fingerprint(model), type(model).__qualname__, options, _device_of(model).type,
+                      torch.__version__, list(phrases), list(bg), list(templates)])  # fmt: skip
+    return cache_dir() / "text" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeUnavailable", "cache_dir", "load", "why_unavailable"]
+from cdclip.cache_dir import CACHE_ENV, cache_dir  # CACHE_ENV: re-exported for tests
+
+__all__ = ["CACHE_ENV", "NativeUnavailable", "cache_dir", "load", "why_unavailable"]
 
 NATIVE_ENV = "CDCLIP_NATIVE"
-CACHE_ENV = "CDCLIP_CACHE_DIR"
 # AVX2 + FMA: every x86-64 CPU since 2013 (Haswell) / 2015 (AMD Excavator), and what the kernels use
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-std=c11")
 BUILD_TIMEOUT_S = 120
@@ -49,15 +50,6 @@ class NativeUnavailable(RuntimeError):
         # expected: disabled on purpose or an unsupported CPU (nothing to fix), as opposed to a
         # failed build on a machine that should be able to build it
         self.expected = expected
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept (``$CDCLIP_CACHE_DIR``, else the XDG cache)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cdclip"
 
 
 def why_unavailable() -> str | None:
