@@ -382,3 +382,26 @@ def test_eval_skip_bad_scores_each_good_image_once(voc_root, tmp_path, capsys):
     assert f"1 unreadable image(s) skipped: {names[0]}" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["images"] == len(names) - 1 and metrics["miou"] == 1.0  # the next image is not scored twice
+
+
+def test_cams_rerun_with_every_output_present_builds_no_model(voc_root, tmp_path, tiny_backbones, monkeypatch, capsys):
+    from cdclip.commands import cams as cams_cmd
+
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    builds = []
+    real = cams_cmd._build_labeler
+    monkeypatch.setattr(cams_cmd, "_build_labeler", lambda *a, **k: builds.append(1) or real(*a, **k))
+    capsys.readouterr()
+    assert _cams(voc_root, out) == 0
+    assert not builds and "0 computed" in capsys.readouterr().out  # nothing to compute: no model
+    name = _names(voc_root)[0]
+    (out / "pseudo" / f"{name}.png").unlink()
+    assert _cams(voc_root, out) == 0 and builds == [1]  # one image to compute: built once, checked
+    stored = json.loads((out / "settings.json").read_text())
+    stored["weights"]["fingerprint"] = "0" * 16  # as if the weights behind the same source had changed
+    (out / "settings.json").write_text(json.dumps(stored))
+    (out / "pseudo" / f"{name}.png").unlink()
+    capsys.readouterr()
+    assert _cams(voc_root, out) == 2
+    assert "the weights changed" in capsys.readouterr().err

@@ -310,7 +310,7 @@ def _settings(args: argparse.Namespace, config: Any, class_names: tuple[str, ...
         "background_words": list(bg_words),
         "normalize": config.data.normalize,
         "model": config.to_dict()["model"],
-        "weights": {"source": args.weights, "fingerprint": None},
+        "weights": {"argument": args.weights, "fingerprint": None},
     }  # fmt: skip
 
 
@@ -391,9 +391,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with folder_lock(out, LOCK_NAME if shard.count == 1 else f".cams-{shard.tag}.lock"):
             _remove_own_temps(out, names, shard)
-            _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint",))
-            labeler = _build_labeler(args, config, class_names, bg_words, settings)
-            if _check_settings(out, settings, args.overwrite):
+            _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint", "weights.source"))
+            labeler = _labeler_for(args, config, class_names, bg_words, settings, out)
+            if not isinstance(labeler, _LazyLabeler) and _check_settings(
+                out, settings, args.overwrite, ignore=("weights.source",)
+            ):
                 _clear_outputs(out, names if shard.count > 1 else None)
             write_settings_record(out, settings)
             atomic_write_text(out / "classes.json", _classes_table(class_names))
@@ -447,6 +449,62 @@ def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str
     backbone = _build_backbone(args, config.model)
     settings["weights"]["fingerprint"] = weights_fingerprint(backbone) if isinstance(backbone, torch.nn.Module) else None
     return PseudoLabeler.from_config(config, class_names, bg_words, backbone)
+
+
+def _weights_source(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """What names the weights before they are built: a file (path, size, time), a tag, or a seeded random init."""
+    weights = args.weights
+    if weights is not None and weights.strip().lower() == "none":
+        return {"random": config.model.clip, "seed": args.seed, "torch": torch.__version__}
+    if weights is not None and Path(weights).is_file():
+        stat = Path(weights).stat()
+        return {"file": str(Path(weights).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"tag": weights, "model": config.model.clip, "seed": args.seed}  # a custom factory may draw random weights
+
+
+def _labeler_for(args: argparse.Namespace, config: Any, class_names: tuple[str, ...], bg_words: tuple[str, ...],
+                 settings: dict[str, Any], out: Path) -> Any:  # fmt: skip
+    """The pseudo labeller; built only when an image needs it if the folder's weights are these.
+
+    When the stored record names the same weights source (file, tag or seeded random init), its
+    fingerprint is taken as this run's and the backbone is built on the first image to compute, then
+    checked against it. A rerun whose outputs all exist so never builds a model.
+    """
+    from cdclip.run_settings import read_settings
+
+    settings["weights"]["source"] = _weights_source(args, config)
+    stored = read_settings(out / SETTINGS_NAME) or {}
+    stored_weights = stored.get("weights") or {}
+
+    def build() -> Any:
+        return _build_labeler(args, config, class_names, bg_words, settings)
+
+    if not args.overwrite and stored_weights.get("source") == settings["weights"]["source"] and stored_weights.get(
+        "fingerprint"
+    ):
+        settings["weights"]["fingerprint"] = stored_weights["fingerprint"]
+        return _LazyLabeler(build, settings, out)
+    return build()
+
+
+class _LazyLabeler:
+    """Builds the backbone and labeller on the first call and checks the weights' fingerprint then."""
+
+    def __init__(self, build: Any, settings: dict[str, Any], out: Path) -> None:
+        self.build, self.expected, self.out = build, settings["weights"]["fingerprint"], out
+        self.settings = settings
+        self.labeler: Any = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Any:
+        if self.labeler is None:
+            from cdclip.run_settings import SettingsMismatchError
+
+            self.labeler = self.build()  # sets settings["weights"]["fingerprint"] to the built model's
+            built = self.settings["weights"]["fingerprint"]
+            if built != self.expected:
+                raise SettingsMismatchError(self.out, [("weights.fingerprint", self.expected, built)],
+                                            "the weights changed; pass --overwrite to recompute every image")  # fmt: skip
+        return self.labeler(images, labels)
 
 
 def _load(dataset: Any, index: int) -> dict[str, Any] | None:
