@@ -9,13 +9,26 @@ nothing is initialised and every helper answers for one process, so the same cod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Shard", "cleanup", "init_from_env", "is_main_process", "parse_shard", "rank_and_world"]
+__all__ = [
+    "Shard",
+    "cleanup",
+    "global_batch_means",
+    "init_from_env",
+    "is_main_process",
+    "mean_denominator",
+    "parse_shard",
+    "rank_and_world",
+]
+
+_SYNC_MEANS = False  # set by global_batch_means(): loss means over the global batch
 
 
 @dataclass(frozen=True)
@@ -87,3 +100,42 @@ def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def global_batch_means() -> Iterator[None]:
+    """Within the block, losses average over the pixels (pairs) of the whole global batch.
+
+    A loss ``S / N`` over one process's batch, averaged by DDP over ``W`` processes, is not the loss
+    of the global batch when the counts ``N`` differ between processes. :func:`mean_denominator`
+    then returns ``N_global / W`` instead of ``N``: DDP's average of ``S_r / (N_global / W)`` is
+    exactly ``Σ S_r / N_global``, so ``W`` processes × batch ``B`` train as one process × ``W·B``.
+    Without an initialised process group the block changes nothing.
+    """
+    global _SYNC_MEANS
+    previous, _SYNC_MEANS = _SYNC_MEANS, rank_and_world()[1] > 1
+    try:
+        yield
+    finally:
+        _SYNC_MEANS = previous
+
+
+def mean_denominator(count: torch.Tensor) -> torch.Tensor:
+    """``max(count, 1)``: the denominator of a loss mean; inside :func:`global_batch_means` the
+    global count over the processes (``max(ΣN, 1) / W``, no gradient).
+
+    Shape:
+        - count: () a count
+        - output: () float or the count's dtype
+    """
+    if not _SYNC_MEANS:
+        return count.clamp_min(1)
+    import torch.distributed as dist
+
+    total = count.detach().to(torch.float64).reshape(1).clone()
+    if dist.get_backend() == "nccl" and total.device.type != "cuda":
+        total = total.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(total)
+    world = dist.get_world_size()
+    dtype = count.dtype if count.is_floating_point() else torch.float64
+    return (total.clamp_min(1) / world).to(device=count.device, dtype=dtype).reshape(())

@@ -118,3 +118,53 @@ def test_eval_under_torchrun_gives_the_single_process_miou(voc_root, tmp_path):
 
 def _names(voc_root: Path) -> list[str]:
     return (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+
+
+# ---------------------------------------------------------------------------- training
+def _decoder(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["decoder"]
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_1_train_as_one_process_of_batch_2(voc_root, tmp_path):
+    import torch
+    from cli_driver import tiny_train_argv
+
+    extra = ("--iters", "3", "--set", "model.decoder_dropout=0")  # dropout draws differ by process
+    _run(tiny_train_argv(voc_root, tmp_path / "one", *extra, "--batch-size", "2"))
+    done = _run(tiny_train_argv(voc_root, tmp_path / "two", *extra, "--batch-size", "1"), nproc=2)
+    assert "2 process(es) x batch 1" in done.stdout
+    a, b = _decoder(tmp_path / "one" / "checkpoint.pt"), _decoder(tmp_path / "two" / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    for key in a:  # the global-batch loss means make the two runs the same computation
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    # (the two processes' decoders are checked equal, by fingerprint, at the end of every run)
+
+
+@pytest.mark.slow
+def test_a_killed_distributed_run_resumes_to_the_uninterrupted_weights(voc_root, tmp_path):
+    import signal
+    import time
+
+    import torch
+    from cli_driver import tiny_train_argv
+
+    extra = ("--iters", "6", "--batch-size", "1", "--set", "checkpoint_every=2")
+    _run(tiny_train_argv(voc_root, tmp_path / "full", *extra), nproc=2)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CDCLIP_NO_PLUGINS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(DRIVER), *tiny_train_argv(voc_root, killed, *extra)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    log = killed / "log.jsonl"
+    while not (log.is_file() and any('"iter": 3,' in line for line in log.read_text().splitlines())):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    _run(tiny_train_argv(voc_root, killed, *extra, "--resume"), nproc=2)
+    a, b = _decoder(tmp_path / "full" / "checkpoint.pt"), _decoder(killed / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # every process's dropout stream was restored too

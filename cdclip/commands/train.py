@@ -169,27 +169,44 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _check_before_building(args, config)
 
+    from cdclip.distributed import cleanup, init_from_env
+
+    config = config.replace(device=init_from_env(config.device))  # torchrun: one device per process
+    try:
+        return _train(args, config)
+    finally:
+        cleanup()
+
+
+def _train(args: argparse.Namespace, config: Any) -> int:
+    """Build the data, the model and the trainer; train; report (process 0 prints)."""
+    from cdclip.distributed import is_main_process, rank_and_world
     from cdclip.pipeline.model import build_model
     from cdclip.pipeline.trainer import Trainer, TrainingStopped, build_dataset
 
+    main = is_main_process()
     dataset = build_dataset(config.data, skip_bad=args.skip_bad)
-    _report_unlabelled(dataset)
+    if main:
+        _report_unlabelled(dataset)
     model = build_model(config)
     trainer = Trainer(config, model, dataset)
-    print(f"cdclip train: {len(dataset)} images, {config.iters} iterations, output {trainer.out_dir}")
+    if main:
+        world = rank_and_world()[1]
+        print(f"cdclip train: {len(dataset)} images, {config.iters} iterations, {world} process(es) x batch "
+              f"{config.data.batch_size}, output {trainer.out_dir}")  # fmt: skip
     try:
         last = trainer.train(resume=args.resume, overwrite=args.overwrite)
     except TrainingStopped as stopped:
-        print(f"cdclip train: {stopped} (resume with --resume)", file=sys.stderr)
+        if main:
+            print(f"cdclip train: {stopped} (resume with --resume)", file=sys.stderr)
         return 128 + stopped.signum
     except KeyboardInterrupt:
         print(f"\ncdclip train: interrupted; checkpoint at {trainer.checkpoint_path} (resume with --resume)",
               file=sys.stderr)  # fmt: skip
         return 130
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
-    print(
-        f"cdclip train: done at iteration {trainer.iteration}; {summary}; checkpoint {trainer.checkpoint_path}"
-    )
+    if main:
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in last.items())
+        print(f"cdclip train: done at iteration {trainer.iteration}; {summary}; checkpoint {trainer.checkpoint_path}")
     return 0
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip.distributed import mean_denominator
 from cdclip.registry import register
 
 __all__ = ["SIMILARITIES", "AffinityLoss", "affinity_labels", "affinity_loss", "radius_mask"]
@@ -113,8 +114,8 @@ def affinity_loss(
     target = affinity_labels(labels, (h, w), radius, ignore_index)
     positive = (target == 1).to(dtype)
     negative = (target == 0).to(dtype)
-    pos_loss = (positive * (1.0 - affinity)).sum() / positive.sum().clamp_min(1.0)
-    neg_loss = (negative * affinity).sum() / negative.sum().clamp_min(1.0)
+    pos_loss = (positive * (1.0 - affinity)).sum() / mean_denominator(positive.sum())
+    neg_loss = (negative * affinity).sum() / mean_denominator(negative.sum())
     return 0.5 * pos_loss + 0.5 * neg_loss
 
 

@@ -35,6 +35,7 @@ from cdclip._checks import (
     compute_dtype,
     full_precision,
 )
+from cdclip.distributed import mean_denominator
 from cdclip.losses.segmentation import REDUCTIONS, balanced_cross_entropy, check_logits_labels
 from cdclip.prototypes.superclass import SBEOutput
 from cdclip.registry import register
@@ -112,7 +113,7 @@ def boundary_enhanced_loss(
     logits = check_logits_labels(logits, labels, ignore_index, resize_logits)
     per_pixel = balanced_cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     counted = labels != ignore_index
-    return _check_loss_finite(per_pixel.sum() / counted.sum().clamp_min(1).to(compute_dtype(logits)), logits)
+    return _check_loss_finite(per_pixel.sum() / mean_denominator(counted.sum()).to(compute_dtype(logits)), logits)
 
 
 @register("boundary_enhanced_loss", kind="loss")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import check_floating, check_rank, compute_dtype
+from cdclip.distributed import mean_denominator
 from cdclip.registry import register
 
 __all__ = ["REDUCTIONS", "BalancedCrossEntropy", "balanced_cross_entropy", "check_logits_labels"]
@@ -98,8 +99,8 @@ def balanced_cross_entropy(
     background = counted & (labels == background_index)
     foreground = counted & (labels != background_index)
     # clamp(min=1): an empty part sums to exactly 0 and contributes 0, never 0/0
-    bg_mean = (per_pixel * background.to(dtype)).sum() / background.sum().clamp_min(1).to(dtype)
-    fg_mean = (per_pixel * foreground.to(dtype)).sum() / foreground.sum().clamp_min(1).to(dtype)
+    bg_mean = (per_pixel * background.to(dtype)).sum() / mean_denominator(background.sum()).to(dtype)
+    fg_mean = (per_pixel * foreground.to(dtype)).sum() / mean_denominator(foreground.sum()).to(dtype)
     return 0.5 * (bg_mean + fg_mean)
 
 

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -41,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from cdclip.distributed import global_batch_means, rank_and_world
 from cdclip.fingerprint import weights_fingerprint
 from cdclip.folder_lock import folder_lock
 from cdclip.pipeline.config import DataConfig, OptimConfig, TrainConfig
@@ -191,6 +193,21 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+class _RankSlice(Sampler[tuple[int, int]]):
+    """This process's part of a stream of global batches: batch ``b`` of process ``r`` is keys ``r·B .. r·B + B``
+    of global batch ``b`` (``B`` = per-process batch), so the global stream is the same for any number of
+    processes with the same global batch.
+    """
+
+    def __init__(self, keys: Sampler[tuple[int, int]], batch_size: int, rank: int, world: int) -> None:
+        self.keys, self.batch_size, self.rank, self.world = keys, batch_size, rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, key in enumerate(self.keys):
+            if (position // self.batch_size) % self.world == self.rank:
+                yield key
+
+
 class _EpochSampler(Sampler[tuple[int, int]]):
     """Shuffled ``(index, sample_seed)`` keys, epoch after epoch without end, from ``start`` of ``epoch``.
 
@@ -320,6 +337,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
         self._rng_at_start: dict[str, Any] | None = None
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.rank, self.world = rank_and_world()
+        self.decoder: nn.Module = model.decoder  # type: ignore[assignment]  (what checkpoints hold)
+        if self.world > 1:  # DDP around the decoder only: the frozen backbones are not wrapped
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            model.decoder = DistributedDataParallel(self.decoder, device_ids=ids)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ paths
     @property
@@ -348,11 +372,13 @@ class Trainer:
         return {
             "format": FORMAT,
             "iteration": self.iteration,
-            "decoder": self.model.decoder.state_dict(),  # type: ignore[union-attr]
+            "decoder": self.decoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": dict(rng) if rng is not None else _rng_state(),
+            "world_size": self.world,
+            "global_batch": self.config.data.batch_size * self.world,
             "config": self.config.to_dict(),
             "class_names": list(getattr(self.model, "class_names", ())),
             "frozen_fingerprint": self.frozen_fingerprint,
@@ -360,13 +386,24 @@ class Trainer:
         }
 
     def save_checkpoint(
-        self, path: str | os.PathLike[str] | None = None, rng: Mapping[str, Any] | None = None
+        self, path: str | os.PathLike[str] | None = None, rng: Mapping[str, Any] | None = None, gather: bool = True
     ) -> Path:
-        """Write the state atomically (temporary file in the same folder, fsync, then ``os.replace``)."""
+        """Write the state atomically (temporary file in the same folder, fsync, then ``os.replace``).
+
+        With several processes every one must call it (their RNG states are gathered, ``gather``)
+        and process 0 writes; ``gather=False`` (a crash in one process) writes process 0's alone.
+        """
         target = Path(path) if path is not None else self.checkpoint_path
         state = self.state_dict(rng)
-        with atomic_path(target, fsync=True) as tmp:
-            torch.save(state, tmp)
+        if self.world > 1 and gather:  # every process's RNG, so that each resumes its own stream
+            import torch.distributed as dist
+
+            ranks: list[Any] = [None] * self.world
+            dist.all_gather_object(ranks, state["rng"])
+            state["rng_ranks"] = ranks
+        if self.rank == 0:
+            with atomic_path(target, fsync=True) as tmp:
+                torch.save(state, tmp)
         return target
 
     def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
@@ -381,18 +418,36 @@ class Trainer:
         if not isinstance(state, Mapping) or state.get("format") != FORMAT:
             raise ValueError(f"checkpoint: {source} is not a cdclip training checkpoint ({FORMAT})")
         self._check_resumable(state, source)
-        self.model.decoder.load_state_dict(state["decoder"])  # type: ignore[union-attr]
+        self.decoder.load_state_dict(state["decoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(self._rng_of_this_rank(state))
         self.iteration = int(state["iteration"])
         return self.iteration
+
+    def _rng_of_this_rank(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        """This process's RNG state: its own with the same world size, else rank 0's (with a warning)."""
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            return ranks[self.rank]
+        if state.get("world_size", 1) != self.world:
+            warnings.warn(
+                f"resume: the checkpoint was written by {state.get('world_size', 1)} process(es), this run has "
+                f"{self.world}; the data order continues exactly, the dropout noise does not",
+                RuntimeWarning, stacklevel=3,
+            )  # fmt: skip
+        return state["rng"]
 
     def _check_resumable(self, state: Mapping[str, Any], source: Path) -> None:
         """Refuse to continue a checkpoint with another configuration or other frozen weights."""
         hint = "resume with the checkpoint's settings, or start again with --overwrite (Trainer.train(overwrite=True))"
-        differences = compare_settings(state.get("config", {}), self.config.to_dict(), ignore=RESUMABLE_KEYS)
+        differences = compare_settings(state.get("config", {}), self.config.to_dict(),
+                                       ignore=(*RESUMABLE_KEYS, "data.batch_size"))  # fmt: skip
+        stored_batch = state.get("global_batch", state.get("config", {}).get("data", {}).get("batch_size"))
+        if stored_batch != self.config.data.batch_size * self.world:
+            differences.append(("global batch (data.batch_size x processes)", stored_batch,
+                                self.config.data.batch_size * self.world))  # fmt: skip
         stored = state.get("frozen_fingerprint")
         if stored is None:
             warnings.warn(f"resume: {source} has no backbone fingerprint; the frozen weights are not checked",
@@ -407,14 +462,18 @@ class Trainer:
         """Endless batches from ``self.iteration`` on; epoch ``e`` position ``i`` is always the same batch."""
         data = self.config.data
         size = len(self.dataset)  # type: ignore[arg-type]
-        per_epoch = size // data.batch_size
+        global_batch = data.batch_size * self.world
+        per_epoch = size // global_batch
         if per_epoch == 0:
-            raise ValueError(f"dataset: {size} samples is fewer than data.batch_size={data.batch_size}")
+            raise ValueError(
+                f"dataset: {size} samples is fewer than the global batch data.batch_size x processes = {global_batch}"
+            )
         epoch, start = divmod(self.iteration, per_epoch)
+        keys = _EpochSampler(size, global_batch, self.config.seed, epoch, start * global_batch)
         loader = DataLoader(
             SeededSamples(self.dataset),
             batch_size=data.batch_size,
-            sampler=_EpochSampler(size, data.batch_size, self.config.seed, epoch, start * data.batch_size),
+            sampler=_RankSlice(keys, data.batch_size, self.rank, self.world),
             num_workers=data.num_workers,
             pin_memory=self.device.type == "cuda",
             # its own generator: creating a loader must not consume the global (dropout) RNG
@@ -424,6 +483,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: Mapping[str, Any]) -> None:
+        if self.rank != 0:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(record), sort_keys=False) + "\n")
@@ -442,7 +503,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         kwargs = {"iteration": self.iteration} if self._passes_iteration else {}
-        out = self.model.training_step(batch, **kwargs)  # type: ignore[operator]
+        with global_batch_means():  # several processes: the losses of the global batch, exactly
+            out = self.model.training_step(batch, **kwargs)  # type: ignore[operator]
         loss = out["loss"]
         self.scaler.scale(loss).backward()
         if self.config.optim.grad_clip > 0:
@@ -481,8 +543,9 @@ class Trainer:
         if total > self.config.iters:
             raise ValueError(f"iters: expected at most config.iters={self.config.iters}, got {total}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.out_dir, LOCK_NAME):
-            remove_stale_temps(self.out_dir, recursive=False)
+        with folder_lock(self.out_dir, LOCK_NAME) if self.rank == 0 else contextlib.nullcontext():
+            if self.rank == 0:
+                remove_stale_temps(self.out_dir, recursive=False)
             self._begin(resume, overwrite)
             if self.iteration >= total:
                 return {}
@@ -504,12 +567,14 @@ class Trainer:
             )
         if resume:
             warnings.warn(f"resume: no checkpoint at {self.checkpoint_path}; starting from scratch", stacklevel=3)
-        for old in [self.log_path, *self.out_dir.glob("iter_*.pt")]:
-            old.unlink(missing_ok=True)
+        _barrier(self.world)  # every process has looked at the folder before process 0 writes into it
+        if self.rank == 0:
+            for old in [self.log_path, *self.out_dir.glob("iter_*.pt")]:
+                old.unlink(missing_ok=True)
+            atomic_write_text(self.out_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.iteration = 0
-        seed_everything(self.config.seed)
-        atomic_write_text(self.out_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
-        self._log({"event": "start", "iter": 0, "time": time.time()})
+        seed_everything(self.config.seed + self.rank)  # dropout: each process its own stream
+        self._log({"event": "start", "iter": 0, "time": time.time(), "processes": self.world})
 
     def _loop(self, total: int, stop: _StopOnSignal) -> dict[str, float]:
         """The iterations from ``self.iteration`` to ``total``, with logging, checkpoints and crash saves."""
@@ -521,7 +586,8 @@ class Trainer:
         last: dict[str, float] = {}
         tick = time.time()
         bar = tqdm(
-            total=total, initial=self.iteration, disable=not cfg.progress, dynamic_ncols=True, desc="train"
+            total=total, initial=self.iteration, disable=not cfg.progress or self.rank != 0, dynamic_ncols=True,
+            desc="train",
         )
         data = self.batches()
         self._rng_at_start = None
@@ -538,7 +604,7 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 if self.iteration % cfg.log_every == 0 or self.iteration == total:
-                    last = {k: float(v) / count for k, v in window.items()}
+                    last = {k: v / count for k, v in _mean_over_processes(window, self.world).items()}
                     if not all(math.isfinite(v) for v in last.values()):
                         raise _NonFiniteLoss(f"non-finite loss at iteration {self.iteration}: {last}")
                     now = time.time()
@@ -551,8 +617,10 @@ class Trainer:
                     self.save_checkpoint()
                     if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
                         self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
-                if stop.signum is not None and self.iteration < total:
-                    self._stop(stop.signum)
+                signum = _agreed_signal(stop.signum, self.world, self.device)
+                if signum is not None and self.iteration < total:
+                    self._stop(signum)
+            _check_same_weights(self.decoder, self.world)
             self._log({"event": "end", "iter": self.iteration, "time": time.time()})
         except (_NonFiniteLoss, TrainingStopped) as err:
             if isinstance(err, _NonFiniteLoss):
@@ -578,11 +646,53 @@ class Trainer:
     def _save_after_crash(self, err: BaseException) -> None:
         """Checkpoint of the last completed iteration after an exception (never hides ``err``)."""
         try:
-            self.save_checkpoint(rng=self._rng_at_start)
+            self.save_checkpoint(rng=self._rng_at_start, gather=False)
             self._log({"event": "interrupted", "iter": self.iteration, "error": type(err).__name__,
                        "time": time.time()})  # fmt: skip
         except Exception as save_err:
             warnings.warn(f"could not save the crash checkpoint: {save_err}", RuntimeWarning, stacklevel=3)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _mean_over_processes(window: Mapping[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The logging window's loss sums, averaged over the processes (one all-reduce)."""
+    keys = sorted(window)
+    values = torch.stack([window[k].detach().float().reshape(()) for k in keys]) if keys else torch.zeros(0)
+    if world > 1 and keys:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values = values / world
+    return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def _agreed_signal(signum: int | None, world: int, device: torch.device) -> int | None:
+    """A stop signal any process received, known to all (so that every process stops at one iteration)."""
+    if world == 1:
+        return signum
+    import torch.distributed as dist
+
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def _check_same_weights(decoder: nn.Module, world: int) -> None:
+    """DDP keeps every process's decoder identical; verify it at the end (a fingerprint per process)."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    prints: list[Any] = [None] * world
+    dist.all_gather_object(prints, weights_fingerprint(decoder))
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"distributed training: the processes' decoders differ at the end ({prints})")
 
 
 class _StopOnSignal:
