@@ -168,3 +168,42 @@ def test_a_killed_distributed_run_resumes_to_the_uninterrupted_weights(voc_root,
     _run(tiny_train_argv(voc_root, killed, *extra, "--resume"), nproc=2)
     a, b = _decoder(tmp_path / "full" / "checkpoint.pt"), _decoder(killed / "checkpoint.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # every process's dropout stream was restored too
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_at_one_iteration_with_a_checkpoint(voc_root, tmp_path):
+    import signal
+    import time
+
+    import torch
+    from cli_driver import tiny_train_argv
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CDCLIP_NO_PLUGINS": "1"}
+    argv = tiny_train_argv(voc_root, tmp_path, "--iters", "60", "--batch-size", "1", "--set", "checkpoint_every=1000")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(DRIVER), *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    log = tmp_path / "log.jsonl"
+    while not (log.is_file() and any('"iter": 2,' in line for line in log.read_text().splitlines())):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler sends to the job
+    proc.communicate(timeout=120)
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert 2 <= state["iteration"] < 60 and len(state["rng_ranks"]) == 2
+    events = [json.loads(line).get("event") for line in log.read_text().splitlines()]
+    assert events[-1] == "terminated"
+
+
+@pytest.mark.slow
+def test_resume_needs_the_same_global_batch(voc_root, tmp_path):
+    from cli_driver import tiny_train_argv
+
+    _run(tiny_train_argv(voc_root, tmp_path, "--iters", "2", "--batch-size", "1"), nproc=2)  # global batch 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CDCLIP_NO_PLUGINS": "1"}
+    other = subprocess.run([sys.executable, str(DRIVER), *tiny_train_argv(voc_root, tmp_path, "--iters", "2",
+                            "--batch-size", "1", "--resume")], env=env, capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 2 and "global batch" in other.stderr and "2 (stored) -> 1 (now)" in other.stderr
+    same = _run(tiny_train_argv(voc_root, tmp_path, "--iters", "2", "--batch-size", "2", "--resume"))
+    assert "done at iteration 2" in same.stdout  # 1 process x 2 = the stored global batch: accepted
