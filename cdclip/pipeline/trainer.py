@@ -549,7 +549,9 @@ class Trainer:
             self._begin(resume, overwrite)
             if self.iteration >= total:
                 return {}
-            with _StopOnSignal() as stop:
+            # several processes: Ctrl-C too ends the iteration everywhere, then one checkpoint is written
+            signums = (signal.SIGTERM, signal.SIGINT) if self.world > 1 else (signal.SIGTERM,)
+            with _StopOnSignal(signums) as stop:
                 return self._loop(total, stop)
 
     def _begin(self, resume: bool, overwrite: bool) -> None:
