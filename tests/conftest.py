@@ -52,3 +52,16 @@ def coco_root(data_root: Path) -> Path:
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_backbones():
+    """``tinyclip-cli:<any>`` and ``tinydino-cli:<any>`` registered for the test (see ``cli_driver.py``)."""
+    from cli_driver import register_tiny_backbones
+
+    from cdclip.registry import registry
+
+    register_tiny_backbones()
+    yield
+    registry.unregister("tinyclip-cli")
+    registry.unregister("tinydino-cli")

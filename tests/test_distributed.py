@@ -12,21 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_driver import register_tiny_backbones, tiny_cams_argv
+from cli_driver import tiny_cams_argv
 
 from cdclip.cli import main
 from cdclip.distributed import Shard, parse_shard
-from cdclip.registry import registry
 
 DRIVER = Path(__file__).with_name("cli_driver.py")
-
-
-@pytest.fixture
-def tiny_backbones():
-    register_tiny_backbones()
-    yield
-    registry.unregister("tinyclip-cli")
-    registry.unregister("tinydino-cli")
 
 
 def _cams(argv: list[str]) -> int:

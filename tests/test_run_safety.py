@@ -12,22 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_driver import register_tiny_backbones, tiny_cams_argv, tiny_train_argv
+from cli_driver import tiny_cams_argv, tiny_train_argv
 
 from cdclip.atomic import atomic_path, remove_stale_temps
 from cdclip.cli import main
 from cdclip.fingerprint import weights_fingerprint
 from cdclip.folder_lock import FolderLockedError, folder_lock
 from cdclip.pipeline.config import TrainConfig, apply_overrides
-from cdclip.registry import registry
-
-
-@pytest.fixture
-def tiny_backbones():
-    register_tiny_backbones()
-    yield
-    registry.unregister("tinyclip-cli")
-    registry.unregister("tinydino-cli")
 
 
 def _cams(voc_root: Path, out: Path, *extra: str) -> int:
