@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +116,29 @@ def test_par_at_reduced_scale_matches_explicit_resampling():
     assert torch.equal(out, expected)
     with pytest.raises(ValueError, match="par_scale"):
         cams_to_labels(cams, labels, (48, 64), image=image, par=par, par_scale=0.0)
+
+
+def test_from_preset_is_the_code_of_cdclip_cams(voc_root, tmp_path, tiny_backbones):
+    import warnings
+
+    from cli_driver import tiny_cams_argv
+
+    from cdclip.cli import main
+    from cdclip.data import read_image
+    from cdclip.data.palette import load_label_png
+    from cdclip.pipeline.pseudo_labels import PseudoLabeler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(tiny_cams_argv(voc_root, tmp_path, "--seed", "3")) == 0
+        labeler = PseudoLabeler.from_preset(
+            "cdclip-voc", seed=3, overrides={"model.clip": "tinyclip-cli:x", "model.cam_long_side": 64, "model.par_iters": 1}
+        )
+    table = np.load(voc_root / "cls_labels_onehot.npy", allow_pickle=True).item()
+    name = (voc_root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    labels = torch.as_tensor(table[name]).float()[None]
+    out = labeler(read_image(voc_root / "JPEGImages" / f"{name}.jpg")[None], labels)
+    keys = torch.nonzero(labels[0]).flatten()
+    stored = np.load(tmp_path / "cams" / f"{name}.npz")
+    np.testing.assert_array_equal(out.cams[0, keys].numpy().astype(np.float16), stored["cams"])
+    np.testing.assert_array_equal(out.labels[0].numpy(), load_label_png(tmp_path / "pseudo" / f"{name}.png"))

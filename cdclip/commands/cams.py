@@ -234,16 +234,9 @@ _PNG_END = b"IEND\xaeB`\x82"
 
 
 def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
-    from cdclip.registry import create
+    from cdclip.pipeline.clip_backbone import build_clip_backbone
 
-    kwargs: dict[str, Any] = {"device": args.device}
-    if model.clip.startswith("openclip:"):
-        kwargs.update(
-            pos_interp=model.clip_pos_interp, pos_fp16=model.clip_pos_fp16, fp16_out_proj=model.clip_fp16_out_proj
-        )
-    if args.weights is not None:
-        kwargs["weights"] = None if args.weights.strip().lower() == "none" else args.weights
-    return create(model.clip, **kwargs)
+    return build_clip_backbone(model, args.device, args.weights)
 
 
 def _outputs(out: Path, name: str, overlay: bool) -> list[Path]:
@@ -454,7 +447,9 @@ def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str
 def _weights_source(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """What names the weights before they are built: a file (path, size, time), a tag, or a seeded random init."""
     weights = args.weights
-    if weights is not None and weights.strip().lower() == "none":
+    from cdclip.pipeline.clip_backbone import is_random_weights
+
+    if is_random_weights(weights):
         return {"random": config.model.clip, "seed": args.seed, "torch": torch.__version__}
     if weights is not None and Path(weights).is_file():
         stat = Path(weights).stat()

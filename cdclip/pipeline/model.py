@@ -413,18 +413,9 @@ def build_model(
     device = torch.device(device if device is not None else config.device)
     seed_everything(config.seed)  # randomly initialised backbones (weights "none") are part of the run's seed
     if backbone is None:
-        kwargs: dict[str, Any] = {
-            "device": device,
-            "precision": cfg.clip_precision,
-            "pos_interp": cfg.clip_pos_interp,
-            "pos_fp16": cfg.clip_pos_fp16,
-            "fp16_out_proj": cfg.clip_fp16_out_proj,
-        }
-        if cfg.clip_weights is not None:
-            kwargs["weights"] = (
-                None if cfg.clip_weights.strip().lower() in ("none", "random") else cfg.clip_weights
-            )
-        backbone = create(cfg.clip, **kwargs)
+        from cdclip.pipeline.clip_backbone import build_clip_backbone
+
+        backbone = build_clip_backbone(cfg, device)
     if dino is None and cfg.dino and config.loss.lambda_be > 0:
         dkwargs: dict[str, Any] = {}
         if cfg.dino_weights is not None:

@@ -24,7 +24,7 @@ pixel). Images within the cap (every VOC and COCO image: <= 640 px) are not touc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -270,6 +270,48 @@ class PseudoLabeler(nn.Module):
             prompt_style=model.prompt_style, resize=model.cam_resize, pixel_stats=stats, head=build_cam_head(model),
             max_side=model.cam_max_side,
         )
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str = "cdclip-voc",
+        weights: str | None = None,
+        class_names: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> PseudoLabeler:
+        """The labeler of ``cdclip cams --preset NAME``: the same configuration, backbone and head.
+
+        Args:
+            name: a shipped preset (:func:`cdclip.presets.list_presets`), e.g. ``"clip-es"``.
+            weights: CLIP checkpoint path or open_clip tag; ``"none"`` for random weights; ``None``
+                for the preset's (the open_clip tag).
+            class_names: the foreground classes (default: the preset dataset's 20 or 80).
+            device: where the backbone runs.
+            seed: seeds every RNG before the backbone is built (random weights are reproducible).
+            overrides: dotted config overrides, e.g. ``{"model.refine": "attn"}``.
+
+        Example::
+
+            labeler = PseudoLabeler.from_preset("cdclip-voc", weights="/path/ViT-B-16.pt")
+            out = labeler(image[None], labels[None])      # uint8 (1, 3, H, W), multi-hot (1, 20)
+            out.cams, out.refined, out.labels
+
+        Shape:
+            - no tensors: preset name -> PseudoLabeler
+        """
+        from cdclip.data.prompts import background_words
+        from cdclip.pipeline.clip_backbone import build_clip_backbone
+        from cdclip.pipeline.config import apply_overrides, preset
+        from cdclip.pipeline.model import dataset_classes
+        from cdclip.seeding import seed_everything
+
+        config = apply_overrides(preset(name), dict(overrides or {}))
+        names = tuple(class_names) if class_names is not None else dataset_classes(config.data.dataset)
+        seed_everything(seed)
+        backbone = build_clip_backbone(config.model, device, weights)
+        return cls.from_config(config, names, background_words(config.model.background), backbone)
 
     @property
     def num_classes(self) -> int:
