@@ -384,3 +384,17 @@ def test_batches_keep_their_workers_across_epochs_and_do_not_depend_on_them(voc_
     per_epoch = [sorted(int(i) for batch in streams[0][e * 3 : e * 3 + 3] for i in batch["index"]) for e in (0, 1)]
     assert all(len(set(indices)) == 6 for indices in per_epoch)  # an epoch never repeats a sample
     assert [b["index"].tolist() for b in streams[0][:3]] != [b["index"].tolist() for b in streams[0][3:6]]
+
+
+@pytest.mark.slow
+def test_smoke_preset_trains_and_evaluates_in_seconds(voc_root, tmp_path, capsys):
+    from cdclip.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["train", "--preset", "smoke", "--data-root", str(voc_root), "--out", str(tmp_path),
+                     "--no-progress"]) == 0  # fmt: skip
+        assert "done at iteration 20" in capsys.readouterr().out
+        assert main(["eval", "--voc", str(voc_root), "--checkpoint", str(tmp_path / "checkpoint.pt"), "--device",
+                     "cpu", "--long-side", "64", "--quiet", "--workers", "0"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "eval_val" / "metrics.json").read_text())["images"] == 3
