@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = what.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pred-dir", type=Path, help="folder of label PNGs <name>.png to score")
     mode.add_argument("--checkpoint", type=Path, help="training checkpoint (checkpoint.pt) to evaluate")
+    mode.add_argument("--cams", type=Path, metavar="DIR",
+                      help="folder of CAM files (cdclip cams' cams/*.npz or CLIP-ES *.npy) scored over a sweep of "
+                           "background thresholds")
+    what.add_argument("--thresholds", type=float, nargs="+", default=None,
+                      help="--cams: background thresholds (default 0.05, 0.10, ..., 0.95)")
+    what.add_argument("--cam-key", default="refined", choices=("refined", "cams"),
+                      help="--cams: the refined CAMs (CLIP-ES attn_highres) or the initial ones (highres)")
     what.add_argument("--void-pred", default="error", choices=("error", "background", "skip"),
                       help="--pred-dir: how a predicted 255 counts (pseudo labels with ignored pixels)")
 
@@ -152,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     dataset, split = _dataset(args)
     names = ["background", *dataset.class_names]
 
+    if args.cams is not None:
+        return _evaluate_cams(args, dataset, names)
     if args.pred_dir is not None:
         if not args.pred_dir.is_dir():
             print(f"cdclip eval: --pred-dir {args.pred_dir} is not a folder", file=sys.stderr)
@@ -183,6 +192,29 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate_checkpoint(args, dataset, split, names)
     finally:
         cleanup()
+
+
+def _evaluate_cams(args: argparse.Namespace, dataset: Any, names: list[str]) -> int:
+    """The background-threshold sweep of ``--cams``: a table, the best threshold and ``cam_eval.json``."""
+    from cdclip.atomic import atomic_write_text
+    from cdclip.pipeline.cam_eval import DEFAULT_THRESHOLDS, evaluate_cams
+
+    thresholds = tuple(args.thresholds) if args.thresholds else DEFAULT_THRESHOLDS
+    result = evaluate_cams(args.cams, dataset, names[1:], thresholds, which=args.cam_key, limit=args.limit,
+                           progress=not args.quiet)  # fmt: skip
+    print("| background threshold | mIoU (%) |\n|---:|---:|")
+    for threshold, miou in zip(result["thresholds"], result["miou"], strict=True):
+        print(f"| {threshold:.2f} | {100 * miou:.2f} |")
+    print(result["table"])
+    print(f"best: mIoU {100 * result['best_miou']:.2f} at background threshold {result['best_threshold']:.2f} "
+          f"over {result['images']} image(s) ({args.cam_key} CAMs)")  # fmt: skip
+    if result["missing"]:
+        print(f"cdclip eval: warning: {len(result['missing'])} image(s) have no CAM file in {args.cams}", file=sys.stderr)
+    out = args.out if args.out is not None else args.cams.parent
+    record = {k: v for k, v in result.items() if k != "table"}
+    atomic_write_text(out / "cam_eval.json", json.dumps(record, indent=2) + "\n")
+    print(f"written: {out / 'cam_eval.json'}")
+    return 0
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, dataset: Any, split: str, names: list[str]) -> int:

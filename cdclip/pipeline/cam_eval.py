@@ -1,0 +1,128 @@
+"""CAM evaluation: the mIoU of saved CAMs over a sweep of background thresholds.
+
+The number WSSS papers report for CAMs and pseudo labels: for each background threshold ``t``,
+every pixel takes the class of its highest CAM, or background where no CAM reaches ``t``; the
+confusion matrix over the dataset gives the mIoU at ``t``, and the best ``t`` is reported.
+
+Two file layouts are read:
+
+* cdclip's ``cams/<name>.npz`` (``cdclip cams``): ``keys`` (1-based class ids), ``cams`` and
+  ``refined`` (P, h, w) on the patch grid, ``size`` (H, W); the maps are upsampled bilinearly to the
+  image, as ``cdclip cams`` does before it takes the background;
+* CLIP-ES's ``<name>.npy`` dicts: ``keys`` (0-based class indices), ``attn_highres`` (refined) and
+  ``highres`` (initial) at image resolution.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cdclip.metrics import ConfusionMatrix
+
+__all__ = ["DEFAULT_THRESHOLDS", "evaluate_cams", "load_cam_file"]
+
+# 0.05, 0.10, ..., 0.95
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+_CLIP_ES_KEYS = {"refined": "attn_highres", "cams": "highres"}
+
+
+def load_cam_file(path: str | os.PathLike[str], which: str = "refined") -> tuple[np.ndarray, torch.Tensor]:
+    """``(class ids 1..C, maps (P, H, W) float32 at image resolution)`` from a cdclip or CLIP-ES file.
+
+    Args:
+        path: a ``.npz`` (cdclip) or ``.npy`` (CLIP-ES dict) file.
+        which: ``"refined"`` or ``"cams"`` (the initial CAMs).
+
+    Shape:
+        - output[1]: (P, H, W)
+    """
+    if which not in _CLIP_ES_KEYS:
+        raise ValueError(f"which: expected 'refined' or 'cams', got {which!r}")
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            keys, maps, size = data["keys"].astype(np.int64), data[which], tuple(int(v) for v in data["size"])
+        grid = torch.from_numpy(maps.astype(np.float32))
+        if grid.shape[0] and tuple(grid.shape[-2:]) != size:
+            grid = F.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
+        return keys, grid
+    record = np.load(path, allow_pickle=True)
+    record = record.item() if record.dtype == object else record
+    if not isinstance(record, dict) or "keys" not in record or _CLIP_ES_KEYS[which] not in record:
+        raise ValueError(f"{path}: expected a CLIP-ES dict with 'keys' and {_CLIP_ES_KEYS[which]!r}")
+    keys = np.asarray(record["keys"], dtype=np.int64) + 1  # CLIP-ES stores 0-based class indices
+    return keys, torch.from_numpy(np.asarray(record[_CLIP_ES_KEYS[which]], dtype=np.float32))
+
+
+def _find(cam_dir: Path, name: str) -> Path | None:
+    for suffix in (".npz", ".npy"):
+        if (cam_dir / f"{name}{suffix}").is_file():
+            return cam_dir / f"{name}{suffix}"
+    return None
+
+
+def _labels_at(keys: np.ndarray, maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Class ids: the highest CAM's class, background (0) where no CAM reaches ``threshold``."""
+    stack = torch.cat([torch.full((1, *maps.shape[1:]), float(threshold)), maps], dim=0)
+    ids = torch.from_numpy(np.concatenate([[0], keys]))
+    return ids[stack.max(dim=0).indices]
+
+
+def evaluate_cams(
+    cam_dir: str | os.PathLike[str],
+    dataset: Any,
+    class_names: Sequence[str],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    which: str = "refined",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The mIoU at every background threshold of the CAM files in ``cam_dir`` against ``dataset``'s masks.
+
+    Returns:
+        ``{"thresholds": [...], "miou": [...], "best_threshold", "best_miou", "iou" (per class at the
+        best threshold), "images", "missing"}``; fractions in [0, 1].
+
+    Shape:
+        - dataset item["mask"]: (H, W) class ids, 255 void
+    """
+    from tqdm import tqdm
+
+    cam_dir = Path(cam_dir)
+    if not cam_dir.is_dir():
+        raise FileNotFoundError(f"--cams: folder not found: {cam_dir}")
+    if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"thresholds: expected values in [0, 1], got {list(thresholds)}")
+    matrices = [ConfusionMatrix(len(class_names) + 1, ignore_index=255) for _ in thresholds]
+    total = len(dataset) if limit is None else min(len(dataset), limit)
+    missing: list[str] = []
+    for index in tqdm(range(total), desc="cams", unit="img", disable=not progress):
+        name = str(dataset.names[index])
+        path = _find(cam_dir, name)
+        if path is None:
+            missing.append(name)
+            continue
+        mask = torch.as_tensor(dataset.load(index)["mask"]).as_subclass(torch.Tensor)
+        keys, maps = load_cam_file(path, which)
+        if tuple(maps.shape[-2:]) != tuple(mask.shape):
+            raise ValueError(f"{path}: CAM size {tuple(maps.shape[-2:])} differs from the mask's {tuple(mask.shape)}")
+        for matrix, threshold in zip(matrices, thresholds, strict=True):
+            matrix.update(_labels_at(keys, maps, threshold), mask)
+    if missing and len(missing) == total:
+        raise FileNotFoundError(f"--cams: no CAM file (.npz or .npy) of any image of the split in {cam_dir}")
+    mious = [float(m.miou()) for m in matrices]
+    best = int(np.nanargmax(mious))
+    names_bg = ("background", *class_names)
+    iou = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names_bg, matrices[best].iou(), strict=True)}
+    return {
+        "thresholds": [float(t) for t in thresholds], "miou": mious, "best_threshold": float(thresholds[best]),
+        "best_miou": mious[best], "iou": iou, "images": total - len(missing), "missing": missing,
+        "table": matrices[best].table(names_bg),
+    }  # fmt: skip
