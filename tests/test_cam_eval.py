@@ -77,3 +77,24 @@ def test_cli_eval_cams_prints_the_sweep_and_writes_json(voc_root, val, tmp_path,
     assert "best: mIoU 100.00 at background threshold 0.50" in out
     record = json.loads((tmp_path / "run" / "cam_eval.json").read_text())
     assert record["best_threshold"] == 0.5 and record["miou"][1] < 1.0  # 0.6 < 0.7: all background
+
+
+def test_cams_format_clip_es_writes_what_clip_es_reads_and_eval_scores_it(voc_root, tmp_path, tiny_backbones):
+    import warnings
+
+    from cli_driver import tiny_cams_argv
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(tiny_cams_argv(voc_root, tmp_path / "ours")) == 0
+        assert main(tiny_cams_argv(voc_root, tmp_path / "clipes", "--format", "clip-es")) == 0
+    val = VOCSegmentation(voc_root, "val")
+    for i, name in enumerate(val.names):
+        record = np.load(tmp_path / "clipes" / "cams" / f"{name}.npy", allow_pickle=True).item()
+        ours = np.load(tmp_path / "ours" / "cams" / f"{name}.npz")
+        np.testing.assert_array_equal(record["keys"] + 1, ours["keys"])  # 0-based, as CLIP-ES
+        h, w = val.load(i)["mask"].shape
+        assert record["attn_highres"].shape == (len(ours["keys"]), h, w) and record["highres"].dtype == np.float16
+    scores = [evaluate_cams(tmp_path / d / "cams", val, val.class_names, thresholds=(0.4,), progress=False)
+              for d in ("ours", "clipes")]  # fmt: skip
+    assert scores[0]["miou"][0] == pytest.approx(scores[1]["miou"][0], abs=0.02)  # float16 at image size

@@ -14,6 +14,10 @@ run resumes where it stopped):
 * ``pseudo/<name>.png``: the pseudo label as a palette PNG (pixel value = class id, 0 = bg);
 * ``overlay/<name>.png``: the image with the pseudo label blended over it, next to the refined CAMs.
 
+``--format clip-es`` writes ``cams/<name>.npy`` dicts in CLIP-ES's layout instead (0-based
+``keys``, ``highres`` and ``attn_highres`` float16 at image resolution), which its training
+scripts and ``cdclip eval --cams`` read.
+
 When ground-truth masks exist (VOC/COCO) the pseudo-label mIoU is printed and written to
 ``metrics.json``. Images are processed one at a time; nothing per image is kept in memory.
 
@@ -114,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="recompute every image (needed to change the settings of an existing --out)")
     out.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+    out.add_argument("--format", default="cdclip", choices=("cdclip", "clip-es"),
+                     help="CAM files: cdclip's cams/*.npz (patch grid, float16) or CLIP-ES's cams/*.npy dicts "
+                          "(0-based keys, highres / attn_highres at image size), which its training scripts read")
 
     scale = parser.add_argument_group("scale out (or run under torchrun: one shard per process)")
     scale.add_argument("--shard", default=None, metavar="K/N",
@@ -239,8 +246,9 @@ def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
     return build_clip_backbone(model, args.device, args.weights)
 
 
-def _outputs(out: Path, name: str, overlay: bool) -> list[Path]:
-    paths = [out / "cams" / f"{name}.npz", out / "pseudo" / f"{name}.png"]
+def _outputs(out: Path, name: str, overlay: bool, fmt: str = "cdclip") -> list[Path]:
+    suffix = ".npy" if fmt == "clip-es" else ".npz"
+    paths = [out / "cams" / f"{name}{suffix}", out / "pseudo" / f"{name}.png"]
     if overlay:
         paths.append(out / "overlay" / f"{name}.png")
     return paths
@@ -282,9 +290,12 @@ def _intact(path: Path) -> bool:
             with open(path, "rb") as handle:
                 handle.seek(max(0, size - len(_PNG_END)))
                 return size > 8 + len(_PNG_END) and handle.read() == _PNG_END
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=True)
+            return True
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
         return False
 
 
@@ -302,6 +313,7 @@ def _settings(args: argparse.Namespace, config: Any, class_names: tuple[str, ...
         "classes": list(class_names),
         "background_words": list(bg_words),
         "normalize": config.data.normalize,
+        "cam_files": args.format,
         "model": config.to_dict()["model"],
         "weights": {"argument": args.weights, "fingerprint": None},
     }  # fmt: skip
@@ -335,7 +347,7 @@ def _clear_outputs(out: Path, names: set[str] | None = None) -> None:
     """
     for folder in _OUTPUT_DIRS:
         for path in (out / folder).glob("*"):
-            if path.suffix in (".npz", ".png") and (names is None or path.stem in names):
+            if path.suffix in (".npz", ".npy", ".png") and (names is None or path.stem in names):
                 path.unlink()
     (out / "metrics.json").unlink(missing_ok=True)
 
@@ -539,19 +551,34 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
     label = result.labels[0].cpu()
     keys = torch.nonzero(labels[0] > 0).flatten()
     with atomic_path(paths[0]) as tmp:
-        np.savez_compressed(
-            tmp,
-            keys=(keys + 1).numpy().astype(np.int64),
-            cams=result.cams[0, keys].cpu().numpy().astype(np.float16),
-            refined=result.refined[0, keys].cpu().numpy().astype(np.float16),
-            size=np.asarray(image.shape[-2:], dtype=np.int64),
-        )
+        if paths[0].suffix == ".npy":
+            np.save(tmp, _clip_es_record(keys, result, tuple(image.shape[-2:])), allow_pickle=True)
+        else:
+            np.savez_compressed(
+                tmp,
+                keys=(keys + 1).numpy().astype(np.int64),
+                cams=result.cams[0, keys].cpu().numpy().astype(np.float16),
+                refined=result.refined[0, keys].cpu().numpy().astype(np.float16),
+                size=np.asarray(image.shape[-2:], dtype=np.int64),
+            )
     if len(paths) > 2:
         with atomic_path(paths[2]) as tmp:
             _save_overlay(tmp, image, label.numpy(), result.refined[0, keys].cpu(), palette, max_side)
     with atomic_path(paths[1]) as tmp:
         save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
     return label
+
+
+def _clip_es_record(keys: torch.Tensor, result: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """CLIP-ES's CAM file: 0-based ``keys``, ``highres`` / ``attn_highres`` (initial / refined) at image size."""
+    import torch.nn.functional as F
+
+    def full(maps: torch.Tensor) -> np.ndarray:
+        up = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0] if len(maps) else maps
+        return up.reshape(len(maps), *size).cpu().numpy().astype(np.float16)
+
+    return {"keys": keys.numpy().astype(np.int64), "highres": full(result.cams[0, keys].cpu()),
+            "attn_highres": full(result.refined[0, keys].cpu())}  # fmt: skip
 
 
 def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, out: Path, palette: str,
@@ -570,7 +597,7 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
         if item is None:
             continue
         name, mask = str(item["name"]), item.get("mask")
-        paths = _outputs(out, name, not args.no_overlay)
+        paths = _outputs(out, name, not args.no_overlay, args.format)
         label = _skip_existing(paths, args.overwrite)
         if label is not None:
             counts.skipped += 1
