@@ -20,6 +20,7 @@ TRACEBACK_ENV = "CDCLIP_TRACEBACK"
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "cams": ("cdclip.commands.cams", "initial CAMs, refined CAMs and pseudo labels (training-free)"),
+    "refine": ("cdclip.commands.refine", "CDA on CAMs another method saved (CLIP-ES .npy, cdclip .npz, plain arrays)"),
     "coco-masks": ("cdclip.commands.coco_masks", "rasterise COCO instance annotations to semantic PNG masks"),
     "train": ("cdclip.commands.train", "single-stage CD-CLIP training (frozen CLIP + DINO, trainable decoder)"),
     "eval": ("cdclip.commands.evaluate", "mIoU of label PNGs or of a trained model (multi-scale + flip, optional CRF)"),

@@ -1,0 +1,200 @@
+"""``cdclip refine``: CDA applied to CAMs another method saved, with class distributions from those CAMs.
+
+Examples::
+
+    cdclip refine --cams clip_es_out/cams --voc data/VOC2012 --split train --out runs/cda_on_clipes
+    cdclip refine --cams my_method/cams --voc data/VOC2012 --split train --out runs/cda_on_mine --temperature 0.05
+
+Inputs, per image ``<name>``:
+
+* CLIP-ES's ``<name>.npy`` dicts (0-based ``keys``; ``highres`` initial, ``attn_highres`` refined) or
+  cdclip's ``<name>.npz`` (``cdclip cams``): the maps of the present classes. The per-patch class
+  distributions are the softmax of those maps with a background score (``class_probs_from_cams``
+  with ``background=True``), so that an image with one class still has two to compare;
+* a plain ``<name>.npy`` / ``<name>.npz`` array of **all** classes' CAMs ``(C, h, w)``: the class
+  distributions come from every class, and the image's labels pick the present maps.
+
+Maps at image resolution are brought to the patch grid (``--patch``, area averaging), refined with
+CDA (``fusion="replace"``: no attention is saved with CAMs), then upsampled; the background is
+``(1 − max)^α`` (or ``--bg-threshold``) and the argmax gives the pseudo label. Outputs, like
+``cdclip cams`` (atomic, verified on resume, ``settings.json``, locked folder): ``refined/<name>.npz``
+(``keys``, ``cams`` = the input maps and ``refined`` on the grid, ``size``), ``pseudo/<name>.png`` and,
+with masks, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("input")
+    src.add_argument("--cams", type=Path, required=True, metavar="DIR", help="folder of CAM files (.npy / .npz)")
+    group = src.add_mutually_exclusive_group(required=True)
+    group.add_argument("--voc", type=Path, metavar="ROOT", help="PASCAL VOC2012 folder (labels, masks)")
+    group.add_argument("--coco", type=Path, metavar="ROOT", help="COCO folder")
+    src.add_argument("--split", default=None, help="dataset split (VOC: train; COCO: train2014)")
+    src.add_argument("--cam-key", default="cams", choices=("cams", "refined"),
+                     help="which maps of a CLIP-ES / cdclip file to refine: the initial (default) or refined ones")
+    src.add_argument("--limit", type=int, default=None, help="only the first N images")
+
+    cda = parser.add_argument_group("CDA")
+    cda.add_argument("--patch", type=int, default=16, help="grid cell in pixels for image-resolution maps (16)")
+    cda.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the class distributions")
+    cda.add_argument("--box-threshold", type=float, default=0.4, help="box mask θ (0.4 VOC, 0.7 COCO)")
+    cda.add_argument("--sigma", type=float, default=0.05, help="exp(-JS/σ) scale")
+    cda.add_argument("--bg-alpha", type=float, default=1.0, help="background score (1 - max CAM)^alpha")
+    cda.add_argument("--bg-threshold", type=float, default=None, help="constant background score instead")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, help="output folder")
+    out.add_argument("--overwrite", action="store_true", help="recompute every image")
+
+
+def _read(path: Path, key: str, present: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``(class ids 1..C of the maps, their maps (P, h, w), the maps the class distributions come from)``."""
+    loaded = np.load(path, allow_pickle=True)
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        if "keys" in loaded.files:  # cdclip cams
+            keys, maps = loaded["keys"].astype(np.int64), loaded[key]
+        else:  # a plain array of all classes
+            maps = loaded[loaded.files[0]]
+            keys = None
+        loaded.close()
+    elif loaded.dtype == object:  # CLIP-ES dict
+        record = loaded.item()
+        keys = np.asarray(record["keys"], dtype=np.int64) + 1
+        maps = record["highres" if key == "cams" else "attn_highres"]
+    else:
+        keys, maps = None, loaded
+    maps = torch.from_numpy(np.asarray(maps, dtype=np.float32))
+    if keys is None:  # all classes: the distributions come from all of them, the labels pick the maps
+        if maps.dim() != 3 or maps.shape[0] != len(present):
+            raise ValueError(f"{path}: expected (C={len(present)}, h, w) CAMs of all classes, got {tuple(maps.shape)}")
+        keys = np.flatnonzero(present) + 1
+        return keys, maps[keys - 1], maps
+    return keys, maps, maps
+
+
+def _to_grid(maps: torch.Tensor, size: tuple[int, int], patch: int) -> torch.Tensor:
+    grid = (math.ceil(size[0] / patch), math.ceil(size[1] / patch))
+    if tuple(maps.shape[-2:]) == grid or max(maps.shape[-2:]) <= max(grid):
+        return maps
+    return F.adaptive_avg_pool2d(maps[None], grid)[0]
+
+
+def _refine_one(keys: np.ndarray, maps: torch.Tensor, source: torch.Tensor, size: tuple[int, int],
+                args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(refined maps on the grid, pseudo label (H, W) class ids)."""
+    from cdclip.affinity.cda import cda_refine, class_probs_from_cams
+    from cdclip.minmax import minmax_normalize
+
+    grid_maps = minmax_normalize(_to_grid(maps, size, args.patch).clamp_min(0))
+    src = minmax_normalize(_to_grid(source, size, args.patch).clamp_min(0))
+    if src.shape[-2:] != grid_maps.shape[-2:]:
+        src = F.interpolate(src[None], size=grid_maps.shape[-2:], mode="bilinear", align_corners=False)[0]
+    only_present = src.shape[0] == grid_maps.shape[0]
+    probs = class_probs_from_cams(src[None], temperature=args.temperature, background=only_present)
+    refined = cda_refine(grid_maps[None], probs, fusion="replace", box_threshold=args.box_threshold,
+                         sigma=args.sigma)[0] if len(keys) else grid_maps  # fmt: skip
+    up = F.interpolate(refined[None], size=size, mode="bilinear", align_corners=False)[0] if len(keys) else refined
+    peak = up.amax(dim=0, keepdim=True) if len(keys) else torch.zeros(1, *size)
+    bg = torch.full_like(peak, args.bg_threshold) if args.bg_threshold is not None else (1 - peak) ** args.bg_alpha
+    ids = torch.from_numpy(np.concatenate([[0], keys]))
+    stack = torch.cat([bg, up], dim=0) if len(keys) else bg
+    return refined, ids[stack.max(dim=0).indices]
+
+
+def _find(cam_dir: Path, name: str) -> Path | None:
+    return next((cam_dir / f"{name}{s}" for s in (".npz", ".npy") if (cam_dir / f"{name}{s}").is_file()), None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
+    from cdclip.commands.cams import _check_settings, _classes_table, _intact
+    from cdclip.data.palette import load_label_png, save_label_png
+    from cdclip.folder_lock import folder_lock
+    from cdclip.metrics import ConfusionMatrix
+    from cdclip.run_settings import write_settings
+
+    if not args.cams.is_dir():
+        raise FileNotFoundError(f"--cams: folder not found: {args.cams}")
+    dataset, palette = _dataset(args)
+    names = ("background", *dataset.class_names)
+    settings = {"format": "cdclip-refine-v1", "cams": str(args.cams.resolve()), "cam_key": args.cam_key,
+                "split": args.split, "cda": {k: getattr(args, k) for k in ("patch", "temperature", "box_threshold",
+                "sigma", "bg_alpha", "bg_threshold")}}  # fmt: skip
+    out: Path = args.out
+    matrix = ConfusionMatrix(len(names), ignore_index=255)
+    computed = skipped = scored = 0
+    missing: list[str] = []
+    with folder_lock(out, ".refine.lock"):
+        remove_stale_temps(out)
+        _check_settings(out, settings, args.overwrite)
+        write_settings(out / "settings.json", settings)
+        atomic_write_text(out / "classes.json", _classes_table(tuple(dataset.class_names)))
+        total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
+        for index in tqdm(range(total), desc="cdclip refine", unit="img"):
+            name = dataset.names[index]
+            source = _find(args.cams, name)
+            if source is None:
+                missing.append(name)
+                continue
+            item = dataset.load(index)
+            png, npz = out / "pseudo" / f"{name}.png", out / "refined" / f"{name}.npz"
+            if not args.overwrite and png.is_file() and npz.is_file() and _intact(png) and _intact(npz):
+                label, skipped = torch.from_numpy(load_label_png(png)), skipped + 1
+            else:
+                size = tuple(item["mask"].shape) if "mask" in item else tuple(item["image"].shape[-2:])
+                keys, maps, src = _read(source, args.cam_key, np.asarray(item["labels"]) > 0)
+                refined, label = _refine_one(keys, maps, src, size, args)
+                with atomic_path(npz) as tmp:
+                    np.savez_compressed(tmp, keys=keys, cams=_to_grid(maps, size, args.patch).numpy().astype(np.float16),
+                                        refined=refined.numpy().astype(np.float16), size=np.asarray(size))  # fmt: skip
+                with atomic_path(png) as tmp:
+                    save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
+                computed += 1
+            if item.get("mask") is not None:
+                matrix.update(label, torch.as_tensor(item["mask"]).as_subclass(torch.Tensor))
+                scored += 1
+        _report(out, matrix, names, computed, skipped, scored, missing)
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.voc is not None:
+        from cdclip.data.voc import VOCSegmentation
+
+        return VOCSegmentation(args.voc, args.split or "train"), "voc"
+    from cdclip.data.coco import COCOSegmentation
+
+    return COCOSegmentation(args.coco, args.split or "train2014"), "coco"
+
+
+def _report(out: Path, matrix: Any, names: tuple[str, ...], computed: int, skipped: int, scored: int,
+            missing: list[str]) -> None:  # fmt: skip
+    from cdclip.atomic import atomic_write_text
+
+    print(f"cdclip refine: {computed} computed, {skipped} skipped (existing), outputs in {out}")
+    if missing:
+        print(f"cdclip refine: warning: {len(missing)} image(s) have no CAM file", file=sys.stderr)
+    if not scored:
+        return
+    miou = float(matrix.miou())
+    print(matrix.table(names))
+    print(f"pseudo-label mIoU: {100 * miou:.2f} on {scored} images")
+    iou = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, matrix.iou(), strict=True)}
+    atomic_write_text(out / "metrics.json", json.dumps({"miou": miou, "iou": iou, "images": scored}, indent=2) + "\n")
