@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coco-masks": ("cdclip.commands.coco_masks", "rasterise COCO instance annotations to semantic PNG masks"),
     "train": ("cdclip.commands.train", "single-stage CD-CLIP training (frozen CLIP + DINO, trainable decoder)"),
     "eval": ("cdclip.commands.evaluate", "mIoU of label PNGs or of a trained model (multi-scale + flip, optional CRF)"),
+    "predict": ("cdclip.commands.predict", "a trained model's segmentation of a folder of images or a dataset split"),
     "list": ("cdclip.commands.list_components", "list the registered components"),
 }
 

@@ -387,7 +387,7 @@ def test_batches_keep_their_workers_across_epochs_and_do_not_depend_on_them(voc_
 
 
 @pytest.mark.slow
-def test_smoke_preset_trains_and_evaluates_in_seconds(voc_root, tmp_path, capsys):
+def test_smoke_preset_trains_evaluates_and_predicts_in_seconds(voc_root, tmp_path, capsys):
     from cdclip.cli import main
 
     with warnings.catch_warnings():
@@ -398,3 +398,13 @@ def test_smoke_preset_trains_and_evaluates_in_seconds(voc_root, tmp_path, capsys
         assert main(["eval", "--voc", str(voc_root), "--checkpoint", str(tmp_path / "checkpoint.pt"), "--device",
                      "cpu", "--long-side", "64", "--quiet", "--workers", "0"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "eval_val" / "metrics.json").read_text())["images"] == 3
+    # cdclip predict: the same model and inference settings give eval's predictions; images come out full size
+    from cdclip.data.palette import load_label_png
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["predict", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--voc", str(voc_root), "--out",
+                     str(tmp_path / "pred"), "--device", "cpu", "--long-side", "64", "--quiet"]) == 0  # fmt: skip
+    for png in (tmp_path / "eval_val" / "predictions").iterdir():
+        np.testing.assert_array_equal(load_label_png(tmp_path / "pred" / "pred" / png.name), load_label_png(png))
+        assert (tmp_path / "pred" / "overlay" / png.name).is_file()
