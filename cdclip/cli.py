@@ -19,6 +19,7 @@ TRACEBACK_ENV = "CDCLIP_TRACEBACK"
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("cdclip.commands.demo", "the whole method on the shipped VOC sample, as a report with pictures"),
     "cams": ("cdclip.commands.cams", "initial CAMs, refined CAMs and pseudo labels (training-free)"),
     "refine": ("cdclip.commands.refine", "CDA on CAMs another method saved (CLIP-ES .npy, cdclip .npz, plain arrays)"),
     "coco-masks": ("cdclip.commands.coco_masks", "rasterise COCO instance annotations to semantic PNG masks"),

@@ -36,3 +36,18 @@ def test_every_command_module_has_the_interface():
     for name, (module, _) in COMMANDS.items():
         mod = importlib.import_module(module)
         assert callable(mod.add_arguments) and callable(mod.run), name
+
+
+@pytest.mark.slow
+def test_demo_writes_a_report_with_pictures_and_marks_random_weights(tmp_path, tiny_backbones, capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["demo", "--out", str(tmp_path), "--backbone", "tinyclip-cli:x", "--weights", "none", "--iters",
+                     "2", "--long-side", "64", "--device", "cpu"]) == 0  # fmt: skip
+    report = (tmp_path / "report.md").read_text()
+    assert "Random CLIP weights" in report and "| CDA |" in report and "val mIoU" in report
+    pictures = sorted(tmp_path.glob("*.png"))
+    assert len(pictures) == 3 and all(f"]({p.name})" in report for p in pictures)
+    assert "pseudo-label mIoU" in capsys.readouterr().out
