@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if not argv else 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"cdclip {name}", description=COMMANDS[name][1])
+    cmd_parser = argparse.ArgumentParser(prog=f"cdclip {name}", description=COMMANDS[name][1],
+                                         formatter_class=_DefaultsFormatter)  # fmt: skip
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     try:
@@ -64,6 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
             raise
         return _report(name, err)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` shows every option's default; ``None`` defaults (the preset's value) say so in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS, [])
+        if shown and action.option_strings and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -51,3 +51,10 @@ def test_demo_writes_a_report_with_pictures_and_marks_random_weights(tmp_path, t
     pictures = sorted(tmp_path.glob("*.png"))
     assert len(pictures) == 3 and all(f"]({p.name})" in report for p in pictures)
     assert "pseudo-label mIoU" in capsys.readouterr().out
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: refined)" in text and "(default: 512)" in text and "(default: None)" not in text
