@@ -98,3 +98,25 @@ def test_cams_format_clip_es_writes_what_clip_es_reads_and_eval_scores_it(voc_ro
     scores = [evaluate_cams(tmp_path / d / "cams", val, val.class_names, thresholds=(0.4,), progress=False)
               for d in ("ours", "clipes")]  # fmt: skip
     assert scores[0]["miou"][0] == pytest.approx(scores[1]["miou"][0], abs=0.02)  # float16 at image size
+
+
+def test_crf_at_the_best_threshold_equals_the_crf_applied_by_hand(val, tmp_path):
+    pytest.importorskip("pydensecrf")
+    from cdclip.refine.crf import dense_crf
+
+    rng = np.random.default_rng(1)
+    preds, masks = [], []
+    for i, name in enumerate(val.names):
+        item = val.load(i)
+        mask = item["mask"].numpy().astype(np.int64)
+        classes = _present(mask)
+        maps = np.stack([(mask == c) * rng.uniform(0.3, 1.0) for c in classes]).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", {"keys": classes - 1, "attn_highres": maps})
+        stack = np.concatenate([np.full((1, *mask.shape), 0.5, dtype=np.float32), maps])
+        probs = np.full(stack.shape, 0.3 / (len(stack) - 1), dtype=np.float32)
+        np.put_along_axis(probs, stack.argmax(0)[None], 0.7, axis=0)
+        refined = dense_crf(item["image"].numpy().transpose(1, 2, 0).copy(), probs)
+        preds.append(np.concatenate([[0], classes])[refined.argmax(0)])
+        masks.append(mask)
+    result = evaluate_cams(tmp_path, val, val.class_names, thresholds=(0.5,), progress=False, crf=True)
+    assert result["crf_miou"] == pytest.approx(_oracle_miou(preds, masks, 21), abs=1e-12)

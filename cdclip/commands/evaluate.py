@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75], help="factors of --long-side")
     model.add_argument("--no-flip", action="store_true", help="do not add horizontally flipped inputs")
     model.add_argument("--long-side", type=int, default=512, help="input long side at scale 1 (0: native)")
-    model.add_argument("--crf", action="store_true", help="dense CRF on the averaged softmax (pip install cdclip[crf])")
+    model.add_argument("--crf", action="store_true",
+                       help="dense CRF on the averaged softmax; with --cams, on the maps at the best threshold "
+                            "(pip install cdclip[crf])")
     model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     model.add_argument("--clip-weights", default=None, help="override the CLIP weights path stored in the checkpoint")
     model.add_argument("--workers", type=int, default=2, help="data-loading processes")
@@ -201,13 +203,15 @@ def _evaluate_cams(args: argparse.Namespace, dataset: Any, names: list[str]) -> 
 
     thresholds = tuple(args.thresholds) if args.thresholds else DEFAULT_THRESHOLDS
     result = evaluate_cams(args.cams, dataset, names[1:], thresholds, which=args.cam_key, limit=args.limit,
-                           progress=not args.quiet)  # fmt: skip
+                           progress=not args.quiet, crf=args.crf)  # fmt: skip
     print("| background threshold | mIoU (%) |\n|---:|---:|")
     for threshold, miou in zip(result["thresholds"], result["miou"], strict=True):
         print(f"| {threshold:.2f} | {100 * miou:.2f} |")
     print(result["table"])
     print(f"best: mIoU {100 * result['best_miou']:.2f} at background threshold {result['best_threshold']:.2f} "
           f"over {result['images']} image(s) ({args.cam_key} CAMs)")  # fmt: skip
+    if "crf_miou" in result:
+        print(f"with dense CRF at {result['best_threshold']:.2f}: mIoU {100 * result['crf_miou']:.2f}")
     if result["missing"]:
         print(f"cdclip eval: warning: {len(result['missing'])} image(s) have no CAM file in {args.cams}", file=sys.stderr)
     out = args.out if args.out is not None else args.cams.parent
