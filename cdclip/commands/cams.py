@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdclip.commands.output_folder import SETTINGS_NAME, check_folder_settings, classes_table, is_complete
+
 __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,12 +234,10 @@ def _indices(n: int, limit: int | None) -> Iterator[int]:
 
 
 # ------------------------------------------------------------------------------------------ run
-SETTINGS_NAME = "settings.json"
 LOCK_NAME = ".cams.lock"
 FORMAT = "cdclip-cams-v1"
 _OUTPUT_DIRS = ("cams", "pseudo", "overlay")
 SHARD_DIR = "shards"  # per-shard scores, merged into metrics.json
-_PNG_END = b"IEND\xaeB`\x82"
 
 
 def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
@@ -280,25 +280,6 @@ def _save_overlay(path: Path, image: torch.Tensor, label: np.ndarray, refined: t
     Image.fromarray(np.concatenate([left, right], axis=1)).save(path)
 
 
-def _intact(path: Path) -> bool:
-    """A cheap check that a file was written completely: a PNG ends with IEND, an npz's CRCs hold."""
-    import zipfile
-
-    try:
-        if path.suffix == ".png":
-            size = path.stat().st_size
-            with open(path, "rb") as handle:
-                handle.seek(max(0, size - len(_PNG_END)))
-                return size > 8 + len(_PNG_END) and handle.read() == _PNG_END
-        if path.suffix == ".npy":
-            np.load(path, allow_pickle=True)
-            return True
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
-        return False
-
-
 def _settings(args: argparse.Namespace, config: Any, class_names: tuple[str, ...],
               bg_words: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     """What decides the outputs: input, classes, the model section, normalisation and the weights."""
@@ -321,23 +302,7 @@ def _settings(args: argparse.Namespace, config: Any, class_names: tuple[str, ...
 
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool, ignore: tuple[str, ...] = ()) -> bool:
     """Refuse outputs made with other settings (unless ``overwrite``); returns whether they differ."""
-    from cdclip.run_settings import SettingsMismatchError, require_same_settings
-
-    hint = "use another --out, or pass --overwrite to recompute every image with the new settings"
-    try:
-        recorded = require_same_settings(out / SETTINGS_NAME, settings, hint, ignore=ignore)
-    except SettingsMismatchError:
-        if not overwrite:
-            raise
-        return True
-    if not recorded and any(any((out / d).glob("*.png")) or any((out / d).glob("*.npz")) for d in _OUTPUT_DIRS):
-        if not overwrite:
-            raise ValueError(
-                f"--out: {out} holds outputs but no {SETTINGS_NAME} (an older cdclip or another tool made them), so "
-                f"whether they match these settings is unknown; {hint}"
-            )
-        return True
-    return False
+    return check_folder_settings(out, settings, overwrite, _OUTPUT_DIRS, ignore)
 
 
 def _clear_outputs(out: Path, names: set[str] | None = None) -> None:
@@ -358,10 +323,6 @@ def _check_out(out: Path | None) -> Path:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out: {out} exists and is not a folder")
     return out
-
-
-def _classes_table(class_names: tuple[str, ...]) -> str:
-    return json.dumps({"0": "background", **{str(i + 1): n for i, n in enumerate(class_names)}}, indent=2) + "\n"
 
 
 class _Counts:
@@ -403,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
             ):
                 _clear_outputs(out, names if shard.count > 1 else None)
             write_settings_record(out, settings)
-            atomic_write_text(out / "classes.json", _classes_table(class_names))
+            atomic_write_text(out / "classes.json", classes_table(class_names))
             matrix, counts = _process(args, config, dataset, labeler, out, palette, len(class_names), shard)
             _finish(out, matrix, counts, class_names, settings, args.preset, shard, rank_and_world()[1] > 1)
     finally:
@@ -534,7 +495,7 @@ def _skip_existing(paths: list[Path], overwrite: bool) -> np.ndarray | None:
     """The stored pseudo label when every output of the image is complete (else ``None``: recompute)."""
     from cdclip.data.palette import load_label_png
 
-    if overwrite or not all(p.is_file() and _intact(p) for p in paths):
+    if overwrite or not all(p.is_file() and is_complete(p) for p in paths):
         return None
     try:
         return load_label_png(paths[1])

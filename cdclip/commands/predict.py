@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cdclip.atomic import atomic_path, atomic_write_text
-    from cdclip.commands.cams import _classes_table, _intact
     from cdclip.commands.evaluate import _build_model
+    from cdclip.commands.output_folder import classes_table, is_complete
     from cdclip.data.palette import overlay, save_label_png
     from cdclip.device import default_device
     from cdclip.folder_lock import folder_lock
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
     predicted = skipped = 0
     with folder_lock(args.out, ".predict.lock"):
-        atomic_write_text(args.out / "classes.json", _classes_table(names))
+        atomic_write_text(args.out / "classes.json", classes_table(names))
         for index in tqdm(range(total), desc="cdclip predict", unit="img", disable=args.quiet):
             item = dataset.try_get(index)
             if item is None:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             name = str(item["name"])
             png, view = args.out / "pred" / f"{name}.png", args.out / "overlay" / f"{name}.png"
             wanted = [png] if args.no_overlay else [png, view]
-            if not args.overwrite and all(p.is_file() and _intact(p) for p in wanted):
+            if not args.overwrite and all(p.is_file() and is_complete(p) for p in wanted):
                 skipped += 1
                 continue
             image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)  # a plain tensor, not a tv_tensor

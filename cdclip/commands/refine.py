@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
-    from cdclip.commands.cams import _check_settings, _classes_table, _intact
+    from cdclip.commands.output_folder import check_folder_settings, classes_table, is_complete
     from cdclip.data.palette import load_label_png, save_label_png
     from cdclip.folder_lock import folder_lock
     from cdclip.metrics import ConfusionMatrix
@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     missing: list[str] = []
     with folder_lock(out, ".refine.lock"):
         remove_stale_temps(out)
-        _check_settings(out, settings, args.overwrite)
+        check_folder_settings(out, settings, args.overwrite, ("pseudo", "refined"))
         write_settings(out / "settings.json", settings)
-        atomic_write_text(out / "classes.json", _classes_table(tuple(dataset.class_names)))
+        atomic_write_text(out / "classes.json", classes_table(tuple(dataset.class_names)))
         total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
         for index in tqdm(range(total), desc="cdclip refine", unit="img"):
             name = dataset.names[index]
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             item = dataset.load(index)
             png, npz = out / "pseudo" / f"{name}.png", out / "refined" / f"{name}.npz"
-            if not args.overwrite and png.is_file() and npz.is_file() and _intact(png) and _intact(npz):
+            if not args.overwrite and png.is_file() and npz.is_file() and is_complete(png) and is_complete(npz):
                 label, skipped = torch.from_numpy(load_label_png(png)), skipped + 1
             else:
                 size = tuple(item["mask"].shape) if "mask" in item else tuple(item["image"].shape[-2:])
