@@ -49,3 +49,20 @@ def test_refine_plain_arrays_of_all_classes(voc_root, tmp_path):
         labels = val.labels_of(name)
         keys = np.load(tmp_path / "out" / "refined" / f"{name}.npz")["keys"]
         np.testing.assert_array_equal(keys, np.flatnonzero(labels) + 1)  # the image's classes picked
+
+
+def test_refine_with_clip_distributions_and_attention(voc_root, tmp_path, tiny_backbones, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(tiny_cams_argv(voc_root, tmp_path / "clipes", "--format", "clip-es")) == 0
+        cams = tmp_path / "clipes" / "cams"
+        assert _refine(cams, voc_root, tmp_path / "nope", "--fusion", "attn") == 2  # attention needs CLIP
+        assert "needs CLIP attention" in capsys.readouterr().err
+        clip = ("--backbone", "tinyclip-cli:x", "--weights", "none", "--device", "cpu")
+        assert _refine(cams, voc_root, tmp_path / "attn", *clip, "--fusion", "attn") == 0
+        assert _refine(cams, voc_root, tmp_path / "mean", *clip) == 0
+    name = VOCSegmentation(voc_root, "val").names[0]
+    attn, mean = (np.load(tmp_path / d / "refined" / f"{name}.npz")["refined"] for d in ("attn", "mean"))
+    assert attn.shape == mean.shape and not np.array_equal(attn, mean)  # CDA changes the attention baseline
+    settings = json.loads((tmp_path / "mean" / "settings.json").read_text())
+    assert settings["clip"]["fingerprint"] and settings["clip"]["fusion"] is None

@@ -15,7 +15,10 @@ Inputs, per image ``<name>``:
   distributions come from every class, and the image's labels pick the present maps.
 
 Maps at image resolution are brought to the patch grid (``--patch``, area averaging), refined with
-CDA (``fusion="replace"``: no attention is saved with CAMs), then upsampled; the background is
+CDA (``fusion="replace"``: no attention is saved with CAMs), then upsampled. With ``--weights`` (or
+``--backbone``) the class distributions and the attention come from CLIP instead, on the image
+resized to the maps' grid, and ``--fusion mean`` (default then), ``product`` or ``attn`` (the
+attention baseline) are available; the background is
 ``(1 − max)^α`` (or ``--bg-threshold``) and the argmax gives the pseudo label. Outputs, like
 ``cdclip cams`` (atomic, verified on resume, ``settings.json``, locked folder): ``refined/<name>.npz``
 (``keys``, ``cams`` = the input maps and ``refined`` on the grid, ``size``), ``pseudo/<name>.png`` and,
@@ -48,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--cam-key", default="cams", choices=("cams", "refined"),
                      help="which maps of a CLIP-ES / cdclip file to refine: the initial (default) or refined ones")
     src.add_argument("--limit", type=int, default=None, help="only the first N images")
+
+    clip = parser.add_argument_group("CLIP (optional: class distributions from CLIP features, attention fusions)")
+    clip.add_argument("--weights", default=None,
+                      help="CLIP checkpoint or open_clip tag ('none': random): distributions and attention from CLIP")
+    clip.add_argument("--backbone", default=None, help="registered CLIP backbone (default: the cdclip-voc preset's)")
+    clip.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    clip.add_argument("--fusion", default=None, choices=("replace", "mean", "product", "attn"),
+                      help="CDA fusion (default: mean with CLIP, replace without; mean/product/attn need CLIP)")
 
     cda = parser.add_argument_group("CDA")
     cda.add_argument("--patch", type=int, default=16, help="grid cell in pixels for image-resolution maps (16)")
@@ -95,25 +106,75 @@ def _to_grid(maps: torch.Tensor, size: tuple[int, int], patch: int) -> torch.Ten
 
 
 def _refine_one(keys: np.ndarray, maps: torch.Tensor, source: torch.Tensor, size: tuple[int, int],
-                args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(refined maps on the grid, pseudo label (H, W) class ids)."""
+                args: argparse.Namespace, clip: Any = None, image: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(refined maps on the grid, pseudo label (H, W) class ids); with ``clip``, CLIP's distributions."""
     from cdclip.affinity.cda import cda_refine, class_probs_from_cams
     from cdclip.minmax import minmax_normalize
 
     grid_maps = minmax_normalize(_to_grid(maps, size, args.patch).clamp_min(0))
-    src = minmax_normalize(_to_grid(source, size, args.patch).clamp_min(0))
-    if src.shape[-2:] != grid_maps.shape[-2:]:
-        src = F.interpolate(src[None], size=grid_maps.shape[-2:], mode="bilinear", align_corners=False)[0]
-    only_present = src.shape[0] == grid_maps.shape[0]
-    probs = class_probs_from_cams(src[None], temperature=args.temperature, background=only_present)
-    refined = cda_refine(grid_maps[None], probs, fusion="replace", box_threshold=args.box_threshold,
-                         sigma=args.sigma)[0] if len(keys) else grid_maps  # fmt: skip
+    if clip is not None and len(keys):
+        refined = _refine_with_clip(keys, grid_maps, clip, image, args)
+    elif len(keys):
+        src = minmax_normalize(_to_grid(source, size, args.patch).clamp_min(0))
+        if src.shape[-2:] != grid_maps.shape[-2:]:
+            src = F.interpolate(src[None], size=grid_maps.shape[-2:], mode="bilinear", align_corners=False)[0]
+        only_present = src.shape[0] == grid_maps.shape[0]
+        probs = class_probs_from_cams(src[None], temperature=args.temperature, background=only_present)
+        refined = cda_refine(grid_maps[None], probs, fusion="replace", box_threshold=args.box_threshold,
+                             sigma=args.sigma)[0]  # fmt: skip
+    else:
+        refined = grid_maps
     up = F.interpolate(refined[None], size=size, mode="bilinear", align_corners=False)[0] if len(keys) else refined
     peak = up.amax(dim=0, keepdim=True) if len(keys) else torch.zeros(1, *size)
     bg = torch.full_like(peak, args.bg_threshold) if args.bg_threshold is not None else (1 - peak) ** args.bg_alpha
     ids = torch.from_numpy(np.concatenate([[0], keys]))
     stack = torch.cat([bg, up], dim=0) if len(keys) else bg
     return refined, ids[stack.max(dim=0).indices]
+
+
+def _refine_with_clip(keys: np.ndarray, grid_maps: torch.Tensor, clip: Any, image: torch.Tensor | None,
+                      args: argparse.Namespace) -> torch.Tensor:  # fmt: skip
+    """CDA with CLIP's class distributions and attention on the maps' grid (the image resized to it)."""
+    from cdclip.affinity.cda import CDAModule
+    from cdclip.cam.refine import refine_cams
+
+    backbone, text, num_classes = clip
+    h, w = grid_maps.shape[-2:]
+    p = int(backbone.patch_size)
+    device = getattr(backbone, "device", torch.device("cpu"))
+    pixels = F.interpolate(image[None].float().to(device), size=(h * p, w * p), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        output = backbone(backbone.preprocess(pixels), attn_blocks=8)
+    cams = torch.zeros(1, num_classes, h, w, device=device)
+    cams[0, torch.as_tensor(keys - 1, device=device)] = grid_maps.to(device)
+    labels = torch.zeros(1, num_classes, device=device)
+    labels[0, torch.as_tensor(keys - 1, device=device)] = 1
+    cda = CDAModule(box_threshold=args.box_threshold, sigma=args.sigma)
+    refined = refine_cams(cams, labels, output, text, method=args.fusion or "mean", cda=cda)
+    return refined[0, torch.as_tensor(keys - 1, device=device)].cpu()
+
+
+def _clip(args: argparse.Namespace, class_names: tuple[str, ...]) -> Any:
+    """(backbone, text classifier, C) when ``--weights`` or ``--backbone`` asks for CLIP, else None."""
+    if args.weights is None and args.backbone is None:
+        if args.fusion not in (None, "replace"):
+            raise ValueError(f"--fusion {args.fusion}: needs CLIP attention; pass --weights (or --backbone)")
+        return None
+    from cdclip.backbones.text import build_text_classifier
+    from cdclip.data.prompts import background_words
+    from cdclip.device import check_device, default_device
+    from cdclip.pipeline.clip_backbone import build_clip_backbone
+    from cdclip.pipeline.config import apply_overrides, preset
+    from cdclip.seeding import seed_everything
+
+    device = check_device(args.device or default_device(), "--device")
+    config = apply_overrides(preset("cdclip-voc"), {"model.clip": args.backbone} if args.backbone else {})
+    seed_everything(0)
+    backbone = build_clip_backbone(config.model, device, args.weights)
+    text = build_text_classifier(backbone, class_names, background_words(config.model.background),
+                                 config.model.templates, style=config.model.prompt_style).embeddings  # fmt: skip
+    return backbone, text, len(class_names)
 
 
 def _find(cam_dir: Path, name: str) -> Path | None:
@@ -134,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--cams: folder not found: {args.cams}")
     dataset, palette = _dataset(args)
     names = ("background", *dataset.class_names)
+    clip = _clip(args, tuple(dataset.class_names))
     settings = {"format": "cdclip-refine-v1", "cams": str(args.cams.resolve()), "cam_key": args.cam_key,
+                "clip": {"weights": args.weights, "backbone": args.backbone, "fusion": args.fusion,
+                         "fingerprint": _fingerprint(clip)},
                 "split": args.split, "cda": {k: getattr(args, k) for k in ("patch", "temperature", "box_threshold",
                 "sigma", "bg_alpha", "bg_threshold")}}  # fmt: skip
     out: Path = args.out
@@ -160,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 size = tuple(item["mask"].shape) if "mask" in item else tuple(item["image"].shape[-2:])
                 keys, maps, src = _read(source, args.cam_key, np.asarray(item["labels"]) > 0)
-                refined, label = _refine_one(keys, maps, src, size, args)
+                image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)
+                refined, label = _refine_one(keys, maps, src, size, args, clip, image)
                 with atomic_path(npz) as tmp:
                     np.savez_compressed(tmp, keys=keys, cams=_to_grid(maps, size, args.patch).numpy().astype(np.float16),
                                         refined=refined.numpy().astype(np.float16), size=np.asarray(size))  # fmt: skip
@@ -172,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
                 scored += 1
         _report(out, matrix, names, computed, skipped, scored, missing)
     return 0
+
+
+def _fingerprint(clip: Any) -> str | None:
+    from cdclip.fingerprint import weights_fingerprint
+
+    return weights_fingerprint(clip[0]) if clip is not None and isinstance(clip[0], torch.nn.Module) else None
 
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
