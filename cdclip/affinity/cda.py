@@ -1,4 +1,4 @@
-"""CDA: class-distribution-aware affinity and CAM refinement (CD-CLIP, DESIGN §3.3).
+"""CDA: class-distribution-aware affinity and CAM refinement (CD-CLIP, docs/method.md, CDA).
 
 Patches of one class have similar probability distributions over *all* classes, even where the
 CAM of that class is weak. CDA turns the Jensen–Shannon divergence between those distributions
@@ -132,7 +132,7 @@ def class_probs_from_cams(
     """Per-patch class distribution from the CAM scores of all classes (no text classifier).
 
     Every CAM method scores each class at each patch; a softmax over those scores is the class
-    distribution CDA compares (DESIGN §3.3). The background score ``(1 − max_c M_c)^α`` is off by
+    distribution CDA compares (docs/method.md, CDA). The background score ``(1 − max_c M_c)^α`` is off by
     default: it depends on the absolute CAM level, so a weakly activated part of an object would
     look like background, which is exactly what CDA is meant to repair.
 

@@ -1,6 +1,6 @@
 """Frozen DINO / DINOv2 ViT (timm) giving dense, L2-normalised patch features for SBE.
 
-SBE (DESIGN §3.5) needs DINO's structure, not its classifier: the patch tokens of the last block
+SBE (docs/method.md, SBE) needs DINO's structure, not its classifier: the patch tokens of the last block
 (after the final norm), one ``D'``-vector per patch, L2-normalised so that prototype similarity is a
 cosine. ``DinoBackbone`` wraps any timm ViT (default ``vit_base_patch16_224.dino``; DINOv2 ViT-S/14
 ``vit_small_patch14_dinov2.lvd142m`` and DINO ViT-B/8 ``vit_base_patch8_224.dino`` work the same) and

@@ -1,6 +1,6 @@
 """CLIP text classifier: foreground class embeddings followed by background-word embeddings.
 
-``T = [t_1 .. t_C ; b_1 .. b_{K-C}]`` (DESIGN §2): each row is the L2-normalised mean over prompt
+``T = [t_1 .. t_C ; b_1 .. b_{K-C}]`` (docs/method.md): each row is the L2-normalised mean over prompt
 templates of the L2-normalised text embeddings (CLIP zero-shot recipe, as in CLIP-ES). Built once
 per (model, names, background words, templates, style) and cached in memory on the model (weakly:
 the cache dies with the model) and on disk (``$CDCLIP_CACHE_DIR/text``, keyed by the weights'

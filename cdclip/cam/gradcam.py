@@ -1,6 +1,6 @@
 """GradCAM for CLIP (CLIP-ES style), batched and differentiable, grid taken from the input.
 
-For each present class ``c`` of an image (DESIGN §3.1):
+For each present class ``c`` of an image (docs/baselines.md):
 
 1. scores ``s_k = logit_scale · cos(g, t_k)`` with ``g`` the global embedding (mean of the
    last-block patch tokens after ``ln_post``/``proj``) and ``t_k`` the text classifier rows;

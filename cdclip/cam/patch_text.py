@@ -1,6 +1,6 @@
 """Patch–text CAMs: cosine similarity of CLIP's dense features with the class embeddings.
 
-``M_c(i) = ReLU(cos(x_i, t_c))``, min–max normalised per map (DESIGN §3.1, registry option
+``M_c(i) = ReLU(cos(x_i, t_c))``, min–max normalised per map (docs/baselines.md, registry option
 ``patch_text``). Needs no gradient, so it is the cheapest CAM and fully differentiable.
 """
 

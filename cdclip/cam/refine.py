@@ -1,4 +1,4 @@
-"""One call for every CAM refinement: none, the MHSA baseline (``attn``) and CDA (DESIGN §3.2–3.3).
+"""One call for every CAM refinement: none, the MHSA baseline (``attn``) and CDA (docs/method.md).
 
 ``refine_cams(cams, labels, output, text, method=...)`` with ``method`` one of
 

@@ -1,4 +1,4 @@
-"""Super-class groupings of the target classes (SBE, DESIGN §3.5 step 1).
+"""Super-class groupings of the target classes (SBE, docs/method.md, SBE step 1).
 
 SBE looks for boundaries between *super-classes* (person / animal / vehicle / indoor on VOC, the 12
 official supercategories on COCO) rather than between individual classes: DINO separates a person
@@ -46,7 +46,7 @@ __all__ = [
 
 BACKGROUND = "background"
 
-# PASCAL VOC: the four groups used by SBE (DESIGN §3.5), in this order after background.
+# PASCAL VOC: the four groups used by SBE (docs/method.md, SBE), in this order after background.
 VOC_SUPERCLASSES: dict[str, tuple[str, ...]] = {
     "person": ("person",),
     "animal": ("bird", "cat", "cow", "dog", "horse", "sheep"),

@@ -1,4 +1,4 @@
-"""Affinity loss ``L_aff`` on decoder features (WeCLIP, DESIGN §3.6).
+"""Affinity loss ``L_aff`` on decoder features (WeCLIP, docs/training.md).
 
 WeCLIP regularises its decoder with the pairwise structure of the pseudo labels: two patches within
 a local radius should have a high feature affinity when their pseudo labels agree and a low one when

@@ -1,4 +1,4 @@
-"""Boundary-enhanced loss ``L_be`` (SBE, DESIGN §3.5 step 8).
+"""Boundary-enhanced loss ``L_be`` (SBE, docs/method.md, SBE step 8).
 
 Cross-entropy restricted to the super-class boundary band found by
 :class:`~cdclip.prototypes.superclass.SuperClassPrototypes`, against the band-corrected pseudo

@@ -1,4 +1,4 @@
-"""Background/foreground balanced cross-entropy: the segmentation loss ``L_seg`` (DESIGN §3.6).
+"""Background/foreground balanced cross-entropy: the segmentation loss ``L_seg`` (docs/training.md).
 
 Pseudo labels of WSSS methods are dominated by background pixels. ToCo and WeCLIP therefore average
 two cross-entropies, one over background pixels and one over foreground pixels::

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses of single-stage CD-CLIP training (DESIGN §3.6).
+"""Frozen configuration dataclasses of single-stage CD-CLIP training (docs/training.md).
 
 ``TrainConfig`` holds five sections — :class:`ModelConfig`, :class:`DataConfig`,
 :class:`OptimConfig`, :class:`LossConfig` and the run settings — with the WeCLIP recipe as
@@ -9,7 +9,7 @@ Plain dictionaries go in and out (``TrainConfig.from_dict`` / ``to_dict``): unkn
 ``ValueError`` that names the key, its section and close matches, so a typo in a YAML file never
 silently trains with a default. YAML itself is read only by the command line (``cdclip train``).
 
-Every *inferred* choice of the method (DESIGN §3.3, §3.5) is a named field here so that ablations
+Every *inferred* choice of the method (docs/method.md) is a named field here so that ablations
 are one override away, e.g. ``--set model.refine=attn`` (CDA off) or ``--set loss.lambda_be=0``
 (SBE off).
 """
@@ -94,7 +94,7 @@ class ModelConfig:
         templates: prompt templates of the text classifier.
         prompt_style: how class names become phrases (``clip_es``, ``plain``, ``raw``).
         background: background word list (``voc``, ``coco``, ``none``).
-        cam: initial CAM method (``gradcam``, DESIGN §3.1; ``patch_text`` alternative).
+        cam: initial CAM method (``gradcam``, docs/baselines.md; ``patch_text`` alternative).
         cam_target: GradCAM activations and gradients at the last block's ``ln_1`` output
             (``ln1_out``: CLIP-ES, WeCLIP) or at the tokens entering it (``block_in``).
         cam_resize, cam_long_side, cam_scales, cam_flip: the training-free input of ``cdclip cams``:
@@ -123,7 +123,7 @@ class ModelConfig:
         par_dilations: PAR neighbourhood dilations.
         par_scale: PAR resolution relative to the crop (1.0; 0.5 is 4× cheaper).
         grouping: SBE super-classes (``voc``, ``coco``, ``identity``, ``fg``).
-        seed_threshold, band_kernel, prototype_weighting: SBE options (DESIGN §3.5).
+        seed_threshold, band_kernel, prototype_weighting: SBE options (docs/method.md, SBE).
         sbe_feature_resolution: ``cam`` (DINO features resampled to the CAM grid) or ``native``.
         sbe_fill_ignored: also relabel ignored pseudo-label pixels inside the band.
         decoder: registered decoder name.
@@ -361,7 +361,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """``L = L_seg + λ_aff · L_aff + λ_be · L_be`` (DESIGN §3.6).
+    """``L = L_seg + λ_aff · L_aff + λ_be · L_be`` (docs/training.md).
 
     Args:
         lambda_aff: weight of the WeCLIP affinity loss (0.1).

@@ -1,4 +1,4 @@
-"""WeCLIP-style segmentation decoder on frozen CLIP per-block patch tokens (DESIGN §3.6).
+"""WeCLIP-style segmentation decoder on frozen CLIP per-block patch tokens (docs/training.md).
 
 The frozen CLIP image tower already holds the semantics; the decoder only has to read it out:
 

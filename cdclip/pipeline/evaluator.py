@@ -1,4 +1,4 @@
-"""Multi-scale, flipped evaluation of a segmenter and mIoU scoring (DESIGN §3.6, WeCLIP protocol).
+"""Multi-scale, flipped evaluation of a segmenter and mIoU scoring (docs/evaluation.md, WeCLIP protocol).
 
 Protocol: the image is resized so that its long side is ``long_side`` (512) times each scale
 (1.0 and 0.75), with sides rounded to a multiple of the ViT patch (16); every scale is run on the
@@ -214,7 +214,7 @@ def _prediction_values(pred: np.ndarray, void_prediction: str, path: Path) -> tu
 
 # ---------------------------------------------------------------------------- evaluator
 class Evaluator:
-    """Multi-scale + flip evaluation of a segmenter on a dataset (DESIGN §3.6).
+    """Multi-scale + flip evaluation of a segmenter on a dataset (docs/training.md).
 
     Args:
         segmenter: callable ``(b, 3, h, w)`` normalised float → ``(b, K, h', w')`` logits; an object

@@ -1,6 +1,6 @@
 """The single-stage CD-CLIP model: frozen CLIP (+ DINO), online pseudo labels, trainable decoder.
 
-One :meth:`CDCLIP.training_step` does, for a batch of augmented crops (DESIGN §3.1–§3.6):
+One :meth:`CDCLIP.training_step` does, for a batch of augmented crops (docs/method.md, docs/training.md):
 
 1. one frozen CLIP forward giving the per-block patch tokens (decoder input), the attention of
    the last blocks and dense features (affinities), and a differentiable last block (GradCAM);

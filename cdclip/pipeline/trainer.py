@@ -1,4 +1,4 @@
-"""Single-stage training loop for :class:`~cdclip.pipeline.model.CDCLIP` (WeCLIP recipe, DESIGN §3.6).
+"""Single-stage training loop for :class:`~cdclip.pipeline.model.CDCLIP` (WeCLIP recipe, docs/training.md).
 
 :class:`Trainer` owns the optimisation around ``model.training_step``:
 

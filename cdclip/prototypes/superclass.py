@@ -1,4 +1,4 @@
-"""Super-class prototype CAMs, boundary band and corrected labels (SBE, DESIGN §3.5 steps 3–7).
+"""Super-class prototype CAMs, boundary band and corrected labels (SBE, docs/method.md, SBE steps 3–7).
 
 CDA completes objects but can leak activation across the edge between two touching target classes
 (a person's CAM spilling onto the dog beside them). DINO features separate such *super-classes*
