@@ -120,3 +120,24 @@ def test_crf_at_the_best_threshold_equals_the_crf_applied_by_hand(val, tmp_path)
         masks.append(mask)
     result = evaluate_cams(tmp_path, val, val.class_names, thresholds=(0.5,), progress=False, crf=True)
     assert result["crf_miou"] == pytest.approx(_oracle_miou(preds, masks, 21), abs=1e-12)
+
+
+def test_cams_format_weclip_writes_its_dicts_and_eval_reads_them(voc_root, tmp_path, tiny_backbones):
+    import warnings
+
+    from cli_driver import tiny_cams_argv
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(tiny_cams_argv(voc_root, tmp_path / "clipes", "--format", "clip-es")) == 0
+        assert main(tiny_cams_argv(voc_root, tmp_path / "weclip", "--format", "weclip")) == 0
+    val = VOCSegmentation(voc_root, "val")
+    for name in val.names:
+        weclip = np.load(tmp_path / "weclip" / "cams" / f"{name}.npy", allow_pickle=True).item()
+        clipes = np.load(tmp_path / "clipes" / "cams" / f"{name}.npy", allow_pickle=True).item()
+        assert sorted(weclip) == ["cam", "keys"] and weclip["cam"].dtype == np.float32
+        np.testing.assert_array_equal(weclip["keys"], clipes["keys"])
+        np.testing.assert_array_equal(weclip["cam"], clipes["attn_highres"].astype(np.float32))
+    scores = [evaluate_cams(tmp_path / d / "cams", val, val.class_names, thresholds=(0.4,), progress=False)
+              for d in ("weclip", "clipes")]  # fmt: skip
+    assert scores[0]["miou"] == scores[1]["miou"]

@@ -16,7 +16,8 @@ run resumes where it stopped):
 
 ``--format clip-es`` writes ``cams/<name>.npy`` dicts in CLIP-ES's layout instead (0-based
 ``keys``, ``highres`` and ``attn_highres`` float16 at image resolution), which its training
-scripts and ``cdclip eval --cams`` read.
+scripts and ``cdclip eval --cams`` read; ``--format weclip`` the dicts WeCLIP's (ToCo's) scripts
+save (0-based ``keys``, ``cam`` float32 at image resolution, the refined CAMs).
 
 When ground-truth masks exist (VOC/COCO) the pseudo-label mIoU is printed and written to
 ``metrics.json``. Images are processed one at a time; nothing per image is kept in memory.
@@ -120,9 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="recompute every image (needed to change the settings of an existing --out)")
     out.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
-    out.add_argument("--format", default="cdclip", choices=("cdclip", "clip-es"),
-                     help="CAM files: cdclip's cams/*.npz (patch grid, float16) or CLIP-ES's cams/*.npy dicts "
-                          "(0-based keys, highres / attn_highres at image size), which its training scripts read")
+    out.add_argument("--format", default="cdclip", choices=("cdclip", "clip-es", "weclip"),
+                     help="CAM files: cdclip's cams/*.npz (patch grid, float16), CLIP-ES's cams/*.npy dicts "
+                          "(0-based keys, highres / attn_highres float16 at image size) or WeCLIP's (ToCo's) "
+                          "dicts (0-based keys, cam float32 at image size: the refined CAMs)")
 
     scale = parser.add_argument_group("scale out (or run under torchrun: one shard per process)")
     scale.add_argument("--shard", default=None, metavar="K/N",
@@ -247,7 +249,7 @@ def _build_backbone(args: argparse.Namespace, model: Any) -> Any:
 
 
 def _outputs(out: Path, name: str, overlay: bool, fmt: str = "cdclip") -> list[Path]:
-    suffix = ".npy" if fmt == "clip-es" else ".npz"
+    suffix = ".npz" if fmt == "cdclip" else ".npy"
     paths = [out / "cams" / f"{name}{suffix}", out / "pseudo" / f"{name}.png"]
     if overlay:
         paths.append(out / "overlay" / f"{name}.png")
@@ -504,7 +506,7 @@ def _skip_existing(paths: list[Path], overwrite: bool) -> np.ndarray | None:
 
 
 def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result: Any, palette: str,
-           max_side: int | None) -> torch.Tensor:  # fmt: skip
+           max_side: int | None, fmt: str = "cdclip") -> torch.Tensor:  # fmt: skip
     """Write the image's outputs, each atomically, the pseudo label last; returns the label map."""
     from cdclip.atomic import atomic_path
     from cdclip.data.palette import save_label_png
@@ -513,7 +515,10 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
     keys = torch.nonzero(labels[0] > 0).flatten()
     with atomic_path(paths[0]) as tmp:
         if paths[0].suffix == ".npy":
-            np.save(tmp, _clip_es_record(keys, result, tuple(image.shape[-2:])), allow_pickle=True)
+            record = _clip_es_record(keys, result, tuple(image.shape[-2:]))
+            if fmt == "weclip":  # WeCLIP's (ToCo's) dict: 0-based keys and the CAMs at image size
+                record = {"keys": record["keys"], "cam": record["attn_highres"].astype(np.float32)}
+            np.save(tmp, record, allow_pickle=True)
         else:
             np.savez_compressed(
                 tmp,
@@ -567,7 +572,8 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
             image = _as_uint8(item["image"], name)
             labels = _labels_of(item, config, num_classes)
             counts.unlabelled += int(not bool((labels > 0).any()))
-            label = _write(paths, image, labels, labeler(image[None], labels), palette, config.model.cam_max_side)
+            label = _write(paths, image, labels, labeler(image[None], labels), palette, config.model.cam_max_side,
+                           args.format)  # fmt: skip
             counts.computed += 1
         if mask is not None:
             matrix.update(label, torch.as_tensor(mask))

@@ -86,7 +86,7 @@ def _read(path: Path, key: str, present: np.ndarray) -> tuple[np.ndarray, torch.
     elif loaded.dtype == object:  # CLIP-ES dict
         record = loaded.item()
         keys = np.asarray(record["keys"], dtype=np.int64) + 1
-        maps = record["highres" if key == "cams" else "attn_highres"]
+        maps = record["cam"] if "cam" in record else record["highres" if key == "cams" else "attn_highres"]
     else:
         keys, maps = None, loaded
     maps = torch.from_numpy(np.asarray(maps, dtype=np.float32))

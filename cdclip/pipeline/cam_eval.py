@@ -10,7 +10,8 @@ Two file layouts are read:
   ``refined`` (P, h, w) on the patch grid, ``size`` (H, W); the maps are upsampled bilinearly to the
   image, as ``cdclip cams`` does before it takes the background;
 * CLIP-ES's ``<name>.npy`` dicts: ``keys`` (0-based class indices), ``attn_highres`` (refined) and
-  ``highres`` (initial) at image resolution.
+  ``highres`` (initial) at image resolution;
+* WeCLIP's (ToCo's) ``<name>.npy`` dicts: ``keys`` (0-based) and ``cam`` at image resolution.
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ def load_cam_file(path: str | os.PathLike[str], which: str = "refined") -> tuple
         return keys, grid
     record = np.load(path, allow_pickle=True)
     record = record.item() if record.dtype == object else record
-    if not isinstance(record, dict) or "keys" not in record or _CLIP_ES_KEYS[which] not in record:
-        raise ValueError(f"{path}: expected a CLIP-ES dict with 'keys' and {_CLIP_ES_KEYS[which]!r}")
-    keys = np.asarray(record["keys"], dtype=np.int64) + 1  # CLIP-ES stores 0-based class indices
-    return keys, torch.from_numpy(np.asarray(record[_CLIP_ES_KEYS[which]], dtype=np.float32))
+    field = _CLIP_ES_KEYS[which] if isinstance(record, dict) and "cam" not in record else "cam"
+    if not isinstance(record, dict) or "keys" not in record or field not in record:
+        raise ValueError(f"{path}: expected a CLIP-ES dict with 'keys' and {_CLIP_ES_KEYS[which]!r}, or a WeCLIP "
+                         "dict with 'keys' and 'cam'")  # fmt: skip
+    keys = np.asarray(record["keys"], dtype=np.int64) + 1  # CLIP-ES and WeCLIP store 0-based class indices
+    return keys, torch.from_numpy(np.asarray(record[field], dtype=np.float32))
 
 
 def _find(cam_dir: Path, name: str) -> Path | None:
