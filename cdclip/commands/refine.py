@@ -75,21 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(path: Path, key: str, present: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """``(class ids 1..C of the maps, their maps (P, h, w), the maps the class distributions come from)``."""
-    loaded = np.load(path, allow_pickle=True)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        if "keys" in loaded.files:  # cdclip cams
-            keys, maps = loaded["keys"].astype(np.int64), loaded[key]
-        else:  # a plain array of all classes
-            maps = loaded[loaded.files[0]]
-            keys = None
-        loaded.close()
-    elif loaded.dtype == object:  # CLIP-ES dict
-        record = loaded.item()
-        keys = np.asarray(record["keys"], dtype=np.int64) + 1
-        maps = record["cam"] if "cam" in record else record["highres" if key == "cams" else "attn_highres"]
-    else:
-        keys, maps = None, loaded
-    maps = torch.from_numpy(np.asarray(maps, dtype=np.float32))
+    from cdclip.pipeline.cam_eval import read_cam_file
+
+    keys, maps, _ = read_cam_file(path, key)
     if keys is None:  # all classes: the distributions come from all of them, the labels pick the maps
         if maps.dim() != 3 or maps.shape[0] != len(present):
             raise ValueError(f"{path}: expected (C={len(present)}, h, w) CAMs of all classes, got {tuple(maps.shape)}")
@@ -111,6 +99,7 @@ def _refine_one(keys: np.ndarray, maps: torch.Tensor, source: torch.Tensor, size
     """(refined maps on the grid, pseudo label (H, W) class ids); with ``clip``, CLIP's distributions."""
     from cdclip.affinity.cda import cda_refine, class_probs_from_cams
     from cdclip.minmax import minmax_normalize
+    from cdclip.pipeline.cam_eval import label_map
 
     grid_maps = minmax_normalize(_to_grid(maps, size, args.patch).clamp_min(0))
     if clip is not None and len(keys):
@@ -128,9 +117,7 @@ def _refine_one(keys: np.ndarray, maps: torch.Tensor, source: torch.Tensor, size
     up = F.interpolate(refined[None], size=size, mode="bilinear", align_corners=False)[0] if len(keys) else refined
     peak = up.amax(dim=0, keepdim=True) if len(keys) else torch.zeros(1, *size)
     bg = torch.full_like(peak, args.bg_threshold) if args.bg_threshold is not None else (1 - peak) ** args.bg_alpha
-    ids = torch.from_numpy(np.concatenate([[0], keys]))
-    stack = torch.cat([bg, up], dim=0) if len(keys) else bg
-    return refined, ids[stack.max(dim=0).indices]
+    return refined, label_map(keys, up if len(keys) else up.new_zeros(0, *size), bg)
 
 
 def _refine_with_clip(keys: np.ndarray, grid_maps: torch.Tensor, clip: Any, image: torch.Tensor | None,
@@ -177,10 +164,6 @@ def _clip(args: argparse.Namespace, class_names: tuple[str, ...]) -> Any:
     return backbone, text, len(class_names)
 
 
-def _find(cam_dir: Path, name: str) -> Path | None:
-    return next((cam_dir / f"{name}{s}" for s in (".npz", ".npy") if (cam_dir / f"{name}{s}").is_file()), None)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -189,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from cdclip.data.palette import load_label_png, save_label_png
     from cdclip.folder_lock import folder_lock
     from cdclip.metrics import ConfusionMatrix
+    from cdclip.pipeline.cam_eval import find_cam_file
     from cdclip.run_settings import write_settings
 
     if not args.cams.is_dir():
@@ -213,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
         for index in tqdm(range(total), desc="cdclip refine", unit="img"):
             name = dataset.names[index]
-            source = _find(args.cams, name)
+            source = find_cam_file(args.cams, name)
             if source is None:
                 missing.append(name)
                 continue

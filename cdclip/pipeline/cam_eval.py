@@ -27,54 +27,85 @@ import torch.nn.functional as F
 
 from cdclip.metrics import ConfusionMatrix
 
-__all__ = ["DEFAULT_THRESHOLDS", "evaluate_cams", "load_cam_file"]
+__all__ = ["DEFAULT_THRESHOLDS", "evaluate_cams", "find_cam_file", "label_map", "load_cam_file", "read_cam_file"]
 
 # 0.05, 0.10, ..., 0.95
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 _CLIP_ES_KEYS = {"refined": "attn_highres", "cams": "highres"}
 
 
-def load_cam_file(path: str | os.PathLike[str], which: str = "refined") -> tuple[np.ndarray, torch.Tensor]:
-    """``(class ids 1..C, maps (P, H, W) float32 at image resolution)`` from a cdclip or CLIP-ES file.
+def find_cam_file(cam_dir: str | os.PathLike[str], name: str) -> Path | None:
+    """``cam_dir/<name>.npz`` or ``cam_dir/<name>.npy``, whichever exists (``None``: neither)."""
+    for suffix in (".npz", ".npy"):
+        if (Path(cam_dir) / f"{name}{suffix}").is_file():
+            return Path(cam_dir) / f"{name}{suffix}"
+    return None
 
-    Args:
-        path: a ``.npz`` (cdclip) or ``.npy`` (CLIP-ES dict) file.
-        which: ``"refined"`` or ``"cams"`` (the initial CAMs).
+
+def read_cam_file(
+    path: str | os.PathLike[str], which: str = "refined"
+) -> tuple[np.ndarray | None, torch.Tensor, tuple[int, int] | None]:
+    """``(class ids 1..C or None, maps, image size or None)`` as the file stores them.
+
+    cdclip's ``.npz`` gives its present classes on the patch grid and the image size; CLIP-ES's and
+    WeCLIP's ``.npy`` dicts their present classes at image resolution (``size`` None); a plain array
+    (``.npy``, or an ``.npz`` without ``keys``) all classes' CAMs and no ids.
 
     Shape:
-        - output[1]: (P, H, W)
+        - output[1]: (P, h, w)
     """
     if which not in _CLIP_ES_KEYS:
         raise ValueError(f"which: expected 'refined' or 'cams', got {which!r}")
     path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            keys, maps, size = data["keys"].astype(np.int64), data[which], tuple(int(v) for v in data["size"])
-        grid = torch.from_numpy(maps.astype(np.float32))
-        if grid.shape[0] and tuple(grid.shape[-2:]) != size:
-            grid = F.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
-        return keys, grid
-    record = np.load(path, allow_pickle=True)
-    record = record.item() if record.dtype == object else record
+    loaded = np.load(path) if path.suffix == ".npz" else np.load(path, allow_pickle=True)  # dicts are pickled
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "keys" not in loaded.files:  # a plain array of all classes
+                return None, torch.from_numpy(np.asarray(loaded[loaded.files[0]], dtype=np.float32)), None
+            keys, maps, size = loaded["keys"].astype(np.int64), loaded[which], tuple(int(v) for v in loaded["size"])
+        return keys, torch.from_numpy(maps.astype(np.float32)), size  # type: ignore[return-value]
+    if loaded.dtype != object:
+        return None, torch.from_numpy(np.asarray(loaded, dtype=np.float32)), None
+    record = loaded.item()
     field = _CLIP_ES_KEYS[which] if isinstance(record, dict) and "cam" not in record else "cam"
     if not isinstance(record, dict) or "keys" not in record or field not in record:
         raise ValueError(f"{path}: expected a CLIP-ES dict with 'keys' and {_CLIP_ES_KEYS[which]!r}, or a WeCLIP "
                          "dict with 'keys' and 'cam'")  # fmt: skip
     keys = np.asarray(record["keys"], dtype=np.int64) + 1  # CLIP-ES and WeCLIP store 0-based class indices
-    return keys, torch.from_numpy(np.asarray(record[field], dtype=np.float32))
+    return keys, torch.from_numpy(np.asarray(record[field], dtype=np.float32)), None
 
 
-def _find(cam_dir: Path, name: str) -> Path | None:
-    for suffix in (".npz", ".npy"):
-        if (cam_dir / f"{name}{suffix}").is_file():
-            return cam_dir / f"{name}{suffix}"
-    return None
+def load_cam_file(path: str | os.PathLike[str], which: str = "refined") -> tuple[np.ndarray, torch.Tensor]:
+    """``(class ids 1..C, maps (P, H, W) float32 at image resolution)`` from a cdclip, CLIP-ES or WeCLIP file.
+
+    Args:
+        path: a ``.npz`` (cdclip) or ``.npy`` (CLIP-ES / WeCLIP dict) file.
+        which: ``"refined"`` or ``"cams"`` (the initial CAMs).
+
+    Shape:
+        - output[1]: (P, H, W)
+    """
+    keys, maps, size = read_cam_file(path, which)
+    if keys is None:
+        raise ValueError(f"{path}: expected the present classes' CAMs with their 'keys', got a plain array")
+    if size is not None and maps.shape[0] and tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    return keys, maps
 
 
-def _labels_at(keys: np.ndarray, maps: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Class ids: the highest CAM's class, background (0) where no CAM reaches ``threshold``."""
-    stack = torch.cat([torch.full((1, *maps.shape[1:]), float(threshold)), maps], dim=0)
-    ids = torch.from_numpy(np.concatenate([[0], keys]))
+def label_map(keys: np.ndarray, maps: torch.Tensor, background: float | torch.Tensor) -> torch.Tensor:
+    """Class ids: the highest CAM's class, background (0) where no CAM exceeds ``background``.
+
+    ``background`` is a constant (a threshold) or a ``(1, H, W)`` score; ties go to background.
+
+    Shape:
+        - maps: (P, H, W)
+        - output: (H, W) int64
+    """
+    if not isinstance(background, torch.Tensor):
+        background = torch.full((1, *maps.shape[1:]), float(background))
+    stack = torch.cat([background, maps], dim=0)
+    ids = torch.from_numpy(np.concatenate([[0], keys]).astype(np.int64))
     return ids[stack.max(dim=0).indices]
 
 
@@ -113,7 +144,7 @@ def evaluate_cams(
     missing: list[str] = []
     for index in tqdm(range(total), desc="cams", unit="img", disable=not progress):
         name = str(dataset.names[index])
-        path = _find(cam_dir, name)
+        path = find_cam_file(cam_dir, name)
         if path is None:
             missing.append(name)
             continue
@@ -122,7 +153,7 @@ def evaluate_cams(
         if tuple(maps.shape[-2:]) != tuple(mask.shape):
             raise ValueError(f"{path}: CAM size {tuple(maps.shape[-2:])} differs from the mask's {tuple(mask.shape)}")
         for matrix, threshold in zip(matrices, thresholds, strict=True):
-            matrix.update(_labels_at(keys, maps, threshold), mask)
+            matrix.update(label_map(keys, maps, threshold), mask)
     if missing and len(missing) == total:
         raise FileNotFoundError(f"--cams: no CAM file (.npz or .npy) of any image of the split in {cam_dir}")
     mious = [float(m.miou()) for m in matrices]
@@ -148,7 +179,7 @@ def _crf_miou(cam_dir: Path, dataset: Any, classes: int, threshold: float, which
 
     matrix = ConfusionMatrix(classes, ignore_index=255)
     for index in tqdm(range(total), desc="cams + CRF", unit="img", disable=not progress):
-        path = _find(cam_dir, str(dataset.names[index]))
+        path = find_cam_file(cam_dir, str(dataset.names[index]))
         if path is None:
             continue
         item = dataset.load(index)
