@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +20,14 @@ import torch
 __all__ = [
     "Shard",
     "cleanup",
+    "collective_device",
     "global_batch_means",
     "init_from_env",
     "is_main_process",
     "mean_denominator",
     "parse_shard",
     "rank_and_world",
+    "sum_over_processes",
 ]
 
 _SYNC_MEANS = False  # set by global_batch_means(): loss means over the global batch
@@ -66,6 +68,26 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def collective_device(device: torch.device | str | None = None) -> torch.device:
+    """Where a collective's buffer lives: the current CUDA device under NCCL, else ``device`` (default CPU)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def sum_over_processes(values: Sequence[int]) -> list[int]:
+    """Integer counts summed over the processes in one all-reduce; unchanged without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [int(v) for v in values]
+    buffer = torch.tensor([int(v) for v in values], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    return [int(v) for v in buffer.tolist()]
 
 
 def is_main_process() -> bool:
@@ -132,9 +154,7 @@ def mean_denominator(count: torch.Tensor) -> torch.Tensor:
         return count.clamp_min(1)
     import torch.distributed as dist
 
-    total = count.detach().to(torch.float64).reshape(1).clone()
-    if dist.get_backend() == "nccl" and total.device.type != "cuda":
-        total = total.to(torch.device("cuda", torch.cuda.current_device()))
+    total = count.detach().to(dtype=torch.float64, device=collective_device(count.device)).reshape(1).clone()
     dist.all_reduce(total)
     world = dist.get_world_size()
     dtype = count.dtype if count.is_floating_point() else torch.float64

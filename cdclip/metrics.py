@@ -156,11 +156,10 @@ class ConfusionMatrix:
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        from cdclip.distributed import collective_device
+
         device = self.matrix.device
-        if dist.get_backend() == "nccl" and device.type != "cuda":
-            buffer = self.matrix.to(torch.device("cuda", torch.cuda.current_device()))
-        else:
-            buffer = self.matrix.clone()
+        buffer = self.matrix.to(collective_device(device), copy=True)
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
         self.matrix = buffer.to(device)
         return self

@@ -612,14 +612,11 @@ def _finish(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...
 
 
 def _all_reduce_counts(counts: _Counts) -> None:
-    import torch.distributed as dist
+    from cdclip.distributed import sum_over_processes
 
     fields = ("computed", "skipped", "scored", "bad", "unlabelled")
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    buffer = torch.tensor([getattr(counts, f) for f in fields], dtype=torch.int64, device=device)
-    dist.all_reduce(buffer)
-    for field, value in zip(fields, buffer.tolist(), strict=True):
-        setattr(counts, field, int(value))
+    for field, value in zip(fields, sum_over_processes([getattr(counts, f) for f in fields]), strict=True):
+        setattr(counts, field, value)
 
 
 def _write_shard_score(out: Path, shard: Any, matrix: Any, counts: _Counts, class_names: tuple[str, ...],

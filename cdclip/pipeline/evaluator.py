@@ -38,6 +38,7 @@ from torch import Tensor
 from cdclip._checks import check_floating, check_rank, check_tensor
 from cdclip.atomic import atomic_path, atomic_write_text
 from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
+from cdclip.distributed import rank_and_world, sum_over_processes
 from cdclip.metrics import ConfusionMatrix
 
 __all__ = ["Evaluator", "evaluate_labels", "multiscale_logits", "scaled_size"]
@@ -145,26 +146,6 @@ def _plain(x: Any) -> Any:
 
 def _nan_to_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
-
-
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _sum_over_processes(value: int, device: torch.device) -> int:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    buffer = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-    return int(buffer.item())
 
 
 def _default_class_names(dataset: Any, num_classes: int | None) -> tuple[int, list[str]]:
@@ -380,7 +361,7 @@ class Evaluator:
         total = len(dataset) if limit is None else min(len(dataset), int(limit))
         if total < 0:
             raise ValueError(f"limit: expected a non-negative int or None, got {limit!r}")
-        rank, world = _dist_info()
+        rank, world = rank_and_world()
         indices = list(range(rank, total, world))
         pred_dir = Path(out_dir) / PREDICTION_DIR if out_dir is not None and save_predictions else None
         matrix = ConfusionMatrix(self.num_classes, self.ignore_index)
@@ -415,7 +396,7 @@ class Evaluator:
                 matrix.update(pred, mask)
                 scored += 1
         matrix.all_reduce()
-        scored = _sum_over_processes(scored, matrix.matrix.device)
+        (scored,) = sum_over_processes([scored])
         metrics = _summary(matrix, self.class_names, scored)
         metrics.update(
             predicted=predicted,

@@ -619,7 +619,7 @@ class Trainer:
                     self.save_checkpoint()
                     if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
                         self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
-                signum = _agreed_signal(stop.signum, self.world, self.device)
+                signum = _agreed_signal(stop.signum, self.world)
                 if signum is not None and self.iteration < total:
                     self._stop(signum)
             _check_same_weights(self.decoder, self.world)
@@ -674,13 +674,15 @@ def _mean_over_processes(window: Mapping[str, torch.Tensor], world: int) -> dict
     return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
-def _agreed_signal(signum: int | None, world: int, device: torch.device) -> int | None:
+def _agreed_signal(signum: int | None, world: int) -> int | None:
     """A stop signal any process received, known to all (so that every process stops at one iteration)."""
     if world == 1:
         return signum
     import torch.distributed as dist
 
-    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+    from cdclip.distributed import collective_device
+
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) or None
 
