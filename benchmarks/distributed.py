@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import report  # benchmarks/_results.py (sys.path[0] is this folder)
+
 
 def _wall(argv: list[str], nproc: int) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -98,10 +100,7 @@ def main() -> int:
         "",
         f"Scaling efficiency with 2 processes: {100 * train_efficiency:.0f}%.",
     ]) + "\n"  # fmt: skip
-    print(md)
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(md)
+    report(result, md, args.out)
     return 0
 
 

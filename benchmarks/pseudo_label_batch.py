@@ -13,7 +13,6 @@ a Markdown table beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from _results import report  # benchmarks/_results.py (sys.path[0] is this folder)
 
 
 def _batch(b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -103,11 +103,7 @@ def main() -> int:
         "seconds": seconds,
         "batch4_over_batch1": {k: seconds[4][k] / seconds[1][k] for k in ("fwd", "head", "total")},
     }
-    print(_markdown(result))
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(_markdown(result))
-        print(f"wrote {args.out}")
+    report(result, _markdown(result), args.out)
     return 0
 
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import report  # benchmarks/_results.py (sys.path[0] is this folder)
+
 
 def _run(voc: Path, out: Path, cache: Path) -> tuple[float, float | None]:
     """(total seconds, seconds to the first pseudo PNG or None if none was written)."""
@@ -70,11 +72,7 @@ def main() -> int:
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in cells) + " |")
     if before:
         result["before"] = before
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(md)
+    report(result, "\n".join(lines) + "\n", args.out)
     return 0
 
 
