@@ -515,10 +515,7 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
     keys = torch.nonzero(labels[0] > 0).flatten()
     with atomic_path(paths[0]) as tmp:
         if paths[0].suffix == ".npy":
-            record = _clip_es_record(keys, result, tuple(image.shape[-2:]))
-            if fmt == "weclip":  # WeCLIP's (ToCo's) dict: 0-based keys and the CAMs at image size
-                record = {"keys": record["keys"], "cam": record["attn_highres"].astype(np.float32)}
-            np.save(tmp, record, allow_pickle=True)
+            np.save(tmp, _image_size_record(fmt, keys, result, tuple(image.shape[-2:])), allow_pickle=True)
         else:
             np.savez_compressed(
                 tmp,
@@ -535,16 +532,19 @@ def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result:
     return label
 
 
-def _clip_es_record(keys: torch.Tensor, result: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """CLIP-ES's CAM file: 0-based ``keys``, ``highres`` / ``attn_highres`` (initial / refined) at image size."""
+def _image_size_record(fmt: str, keys: torch.Tensor, result: Any, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The CAM dict of CLIP-ES (0-based ``keys``, ``highres`` / ``attn_highres`` float16 at image size) or of
+    WeCLIP / ToCo (0-based ``keys``, ``cam``: the refined maps, float16-rounded as CLIP-ES's, as float32)."""
     import torch.nn.functional as F
 
     def full(maps: torch.Tensor) -> np.ndarray:
         up = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0] if len(maps) else maps
         return up.reshape(len(maps), *size).cpu().numpy().astype(np.float16)
 
-    return {"keys": keys.numpy().astype(np.int64), "highres": full(result.cams[0, keys].cpu()),
-            "attn_highres": full(result.refined[0, keys].cpu())}  # fmt: skip
+    ids = keys.numpy().astype(np.int64)
+    if fmt == "weclip":  # only the refined maps: no upsampling of the initial ones
+        return {"keys": ids, "cam": full(result.refined[0, keys].cpu()).astype(np.float32)}
+    return {"keys": ids, "highres": full(result.cams[0, keys].cpu()), "attn_highres": full(result.refined[0, keys].cpu())}
 
 
 def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, out: Path, palette: str,
