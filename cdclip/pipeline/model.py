@@ -417,9 +417,11 @@ def build_model(
 
         backbone = build_clip_backbone(cfg, device)
     if dino is None and cfg.dino and config.loss.lambda_be > 0:
+        from cdclip.pipeline.clip_backbone import is_random_weights
+
         dkwargs: dict[str, Any] = {}
         if cfg.dino_weights is not None:
-            if cfg.dino_weights.strip().lower() in ("none", "random"):
+            if is_random_weights(cfg.dino_weights):
                 dkwargs["pretrained"] = False
             else:
                 dkwargs["checkpoint_path"] = cfg.dino_weights
