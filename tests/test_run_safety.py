@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -385,6 +388,9 @@ def test_cams_rerun_with_every_output_present_builds_no_model(voc_root, tmp_path
     monkeypatch.setattr(cams_cmd, "_build_labeler", lambda *a, **k: builds.append(1) or real(*a, **k))
     capsys.readouterr()
     assert _cams(voc_root, out) == 0
+    assert not builds and "nothing to do" in capsys.readouterr().out  # the completion record answers
+    (out / "completed.json").unlink()  # a folder finished without the record (an older cdclip)
+    assert _cams(voc_root, out) == 0
     assert not builds and "0 computed" in capsys.readouterr().out  # nothing to compute: no model
     name = _names(voc_root)[0]
     (out / "pseudo" / f"{name}.png").unlink()
@@ -396,3 +402,82 @@ def test_cams_rerun_with_every_output_present_builds_no_model(voc_root, tmp_path
     capsys.readouterr()
     assert _cams(voc_root, out) == 2
     assert "the weights changed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- cams: completion record
+def test_cams_rerun_of_a_finished_command_is_answered_from_its_record(voc_root, tmp_path, tiny_backbones,
+                                                                      monkeypatch, capsys):  # fmt: skip
+    from cdclip.commands import cams as cams_cmd
+
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    first = capsys.readouterr().out
+    monkeypatch.setattr(cams_cmd, "_process", lambda *a, **k: pytest.fail("the record should have answered"))
+    assert _cams(voc_root, out) == 0
+    again = capsys.readouterr().out
+    assert "nothing to do" in again
+    assert first.strip().splitlines()[-1] in again  # the stored score line is printed again
+
+
+def test_cams_replay_needs_no_torch(voc_root, tmp_path, tiny_backbones):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    code = ("import sys; from cdclip.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; raise SystemExit(rc)")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, *tiny_cams_argv(voc_root, out)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "nothing to do" in res.stdout
+
+
+def _touch_split(root: Path, out: Path) -> None:
+    split = root / "ImageSets" / "Segmentation" / "val.txt"
+    os.utime(split, ns=(split.stat().st_atime_ns, split.stat().st_mtime_ns + 10**9))
+
+
+def _remove_overlay(root: Path, out: Path) -> None:
+    next((out / "overlay").iterdir()).unlink()
+
+
+def _rewrite_metrics(root: Path, out: Path) -> None:
+    (out / "metrics.json").write_text((out / "metrics.json").read_text() + " ")
+
+
+@pytest.mark.parametrize("change", [_touch_split, _remove_overlay, _rewrite_metrics])
+def test_cams_record_is_not_used_after_a_change_to_inputs_or_outputs(voc_root, tmp_path, tiny_backbones,
+                                                                     change, capsys):  # fmt: skip
+    root = tmp_path / "VOC2012"
+    shutil.copytree(voc_root, root)
+    out = tmp_path / "run"
+    assert _cams(root, out) == 0
+    change(root, out)
+    capsys.readouterr()
+    assert _cams(root, out) == 0
+    text = capsys.readouterr().out
+    assert "nothing to do" not in text and "skipped (existing)" in text  # the full check ran
+    assert (out / "completed.json").is_file()  # and recorded the folder as it is now
+
+
+def test_cams_record_is_not_used_for_other_flags_or_overwrite(voc_root, tmp_path, tiny_backbones, capsys):
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    capsys.readouterr()
+    assert _cams(voc_root, out, "--par-iters", "2") == 2  # another setting: the full path refuses it
+    assert "model.par_iters" in capsys.readouterr().err
+    assert _cams(voc_root, out, "--overwrite") == 0
+    assert "3 computed" in capsys.readouterr().out
+
+
+def test_cams_record_is_removed_before_a_run_changes_the_folder(voc_root, tmp_path, tiny_backbones, monkeypatch):
+    from cdclip.commands import cams as cams_cmd
+
+    out = tmp_path / "run"
+    assert _cams(voc_root, out) == 0
+    assert (out / "completed.json").is_file()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cams_cmd, "_write", crash)
+    assert _cams(voc_root, out, "--overwrite") == 130  # interrupted while writing the first image
+    assert not (out / "completed.json").exists()  # a half-rewritten folder is never replayed

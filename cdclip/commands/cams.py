@@ -28,22 +28,30 @@ each file it skips (PNG trailer, npz CRCs) and recomputes broken ones. ``setting
 what made the outputs (input, classes, the model section, the weights' fingerprint) and a rerun
 with other settings refuses, naming the keys, unless ``--overwrite``. ``classes.json`` maps label
 ids to class names. The folder is locked: a second run into it exits with a message.
+
+A run that finished every image leaves ``completed.json`` (:mod:`cdclip.commands.completion_record`):
+the same command again, on unchanged inputs and outputs, prints the stored score in well under a
+second without importing torch; anything else takes the full path above.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from cdclip.commands.completion_record import RECORD_NAME, describe_request, forget, remember, replay
 from cdclip.commands.output_folder import SETTINGS_NAME, check_folder_settings, classes_table, is_complete
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["add_arguments", "run"]
 
@@ -76,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backbone", default=None, help="registered backbone name (default: the preset's)")
     model.add_argument("--weights", default=None,
                        help="checkpoint path, open_clip tag, or 'none' for random weights (default: the tag)")
-    model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    model.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     model.add_argument("--seed", type=int, default=0, help="seeds every RNG before the model is built (default 0)")
     model.add_argument("--templates", action="append", default=None,
                        help="prompt template with {} (repeatable; default: the preset's)")
@@ -263,6 +271,7 @@ def _save_overlay(path: Path, image: torch.Tensor, label: np.ndarray, refined: t
     Blending costs about 85 bytes per pixel, so a large image is shown at the working size: its
     memory then stays within the cap like the rest of the run.
     """
+    import torch
     import torch.nn.functional as F
     from PIL import Image
 
@@ -337,8 +346,7 @@ class _Counts:
 
 def run(args: argparse.Namespace) -> int:
     from cdclip.atomic import atomic_write_text
-    from cdclip.device import check_device
-    from cdclip.distributed import cleanup, init_from_env, rank_and_world
+    from cdclip.device import check_device, default_device
     from cdclip.folder_lock import folder_lock
 
     if args.list_presets:
@@ -349,7 +357,12 @@ def run(args: argparse.Namespace) -> int:
         return _merge_shards(out)
     if args.images is None and args.voc is None and args.coco is None:
         raise ValueError("input: one of --images, --voc, --coco is required")
-    check_device(args.device, "--device")
+    request = _request(args)
+    if request is not None and _replayed(out, request):
+        return 0
+    from cdclip.distributed import cleanup, init_from_env, rank_and_world  # torch: after the replay
+
+    args.device = check_device(args.device or default_device(), "--device")
     config = model_config(args)
     dataset, class_names, bg_words, palette = _dataset(args, config)
     settings = _settings(args, config, class_names, bg_words)
@@ -359,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with folder_lock(out, LOCK_NAME if shard.count == 1 else f".cams-{shard.tag}.lock"):
             _remove_own_temps(out, names, shard)
+            forget(out)
             _check_settings(out, settings, args.overwrite, ignore=("weights.fingerprint", "weights.source"))
             labeler = _labeler_for(args, config, class_names, bg_words, settings, out)
             if not isinstance(labeler, _LazyLabeler) and _check_settings(
@@ -368,10 +382,55 @@ def run(args: argparse.Namespace) -> int:
             write_settings_record(out, settings)
             atomic_write_text(out / "classes.json", classes_table(class_names))
             matrix, counts = _process(args, config, dataset, labeler, out, palette, len(class_names), shard)
-            _finish(out, matrix, counts, class_names, settings, args.preset, shard, rank_and_world()[1] > 1)
+            score = _finish(out, matrix, counts, class_names, settings, args.preset, shard, rank_and_world()[1] > 1)
+            if request is not None and counts.bad == 0:
+                remember(out, request, _recorded_outputs(out), score)
     finally:
         cleanup()
     return 0
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What this run is asked for, for the completion record; ``None`` when the run must go the full way.
+
+    ``--overwrite`` recomputes, shards and torchrun processes share a folder (and merge their
+    scores), so none of those is ever answered from the record. The device is left out: settings
+    do not depend on it. The torch version is in: it decides random weights.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    if args.overwrite or args.shard is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "device"}
+    try:
+        arguments["torch_version"] = version("torch")
+    except PackageNotFoundError:
+        arguments["torch_version"] = None
+    inputs = [Path(p) for p in (args.voc, args.coco, args.images, args.label_file, args.weights)
+              if p is not None and Path(p).exists()]  # fmt: skip
+    return describe_request(arguments, inputs)
+
+
+def _replayed(out: Path, request: dict[str, Any]) -> bool:
+    """Print the stored summary of a finished identical run, if ``out`` holds one (no torch needed)."""
+    from cdclip.folder_lock import folder_lock
+
+    if not out.is_dir():
+        return False
+    with folder_lock(out, LOCK_NAME):
+        summary = replay(out, request)
+    if summary is None:
+        return False
+    print(f"cdclip cams: nothing to do: this command already completed every image and its inputs and outputs "
+          f"are unchanged ({out / RECORD_NAME}); pass --overwrite to recompute")  # fmt: skip
+    if summary:
+        print(summary)
+    return True
+
+
+def _recorded_outputs(out: Path) -> list[Path]:
+    files = [p for folder in _OUTPUT_DIRS for p in (out / folder).glob("*") if p.is_file()]
+    return files + [p for p in (out / n for n in (SETTINGS_NAME, "classes.json", "metrics.json")) if p.is_file()]
 
 
 def _shard(args: argparse.Namespace, rank: int, world: int) -> Any:
@@ -409,6 +468,8 @@ def write_settings_record(out: Path, settings: dict[str, Any]) -> None:
 def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str, ...], bg_words: tuple[str, ...],
                    settings: dict[str, Any]) -> Any:  # fmt: skip
     """Seed, build the backbone (its fingerprint goes into ``settings``) and the pseudo labeller."""
+    import torch
+
     from cdclip.fingerprint import weights_fingerprint
     from cdclip.pipeline.pseudo_labels import PseudoLabeler
     from cdclip.seeding import seed_everything
@@ -421,6 +482,7 @@ def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str
 
 def _weights_source(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """What names the weights before they are built: a file (path, size, time), a tag, or a seeded random init."""
+    import torch
     weights = args.weights
     from cdclip.pipeline.clip_backbone import is_random_weights
 
@@ -483,6 +545,8 @@ def _load(dataset: Any, index: int) -> dict[str, Any] | None:
 
 
 def _labels_of(item: dict[str, Any], config: Any, num_classes: int) -> torch.Tensor:
+    import torch
+
     from cdclip.pipeline.trainer import labels_from_mask
 
     labels = torch.as_tensor(item["labels"]).float()
@@ -508,6 +572,8 @@ def _skip_existing(paths: list[Path], overwrite: bool) -> np.ndarray | None:
 def _write(paths: list[Path], image: torch.Tensor, labels: torch.Tensor, result: Any, palette: str,
            max_side: int | None, fmt: str = "cdclip") -> torch.Tensor:  # fmt: skip
     """Write the image's outputs, each atomically, the pseudo label last; returns the label map."""
+    import torch
+
     from cdclip.atomic import atomic_path
     from cdclip.data.palette import save_label_png
 
@@ -550,6 +616,7 @@ def _image_size_record(fmt: str, keys: torch.Tensor, result: Any, size: tuple[in
 def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, out: Path, palette: str,
              num_classes: int, shard: Any) -> tuple[Any, _Counts]:  # fmt: skip
     """Every image: skip complete outputs (re-reading the label for the score), else compute and write."""
+    import torch
     from tqdm import tqdm
 
     from cdclip.metrics import ConfusionMatrix
@@ -585,6 +652,7 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
 
 def _as_uint8(image: Any, name: str) -> torch.Tensor:
     """The reader's (3, H, W) uint8 image; anything else is refused (never wrapped or saturated)."""
+    import torch
     tensor = torch.as_tensor(image)
     if tensor.dtype != torch.uint8:
         raise TypeError(f"image {name}: expected (3, H, W) uint8 from the image reader, got {tensor.dtype}")
@@ -592,23 +660,24 @@ def _as_uint8(image: Any, name: str) -> torch.Tensor:
 
 
 def _finish(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
-            preset: str | None, shard: Any, distributed: bool) -> None:  # fmt: skip
-    """Summaries and the score: all-reduced under torchrun, merged from shard files with ``--shard``."""
+            preset: str | None, shard: Any, distributed: bool) -> str:  # fmt: skip
+    """Summaries and the score: all-reduced under torchrun, merged from shard files with ``--shard``.
+
+    Returns the score as printed (the per-class table and the mIoU line; empty without one).
+    """
     from cdclip.distributed import is_main_process
 
     if distributed:
         matrix.all_reduce()
         _all_reduce_counts(counts)
-        if is_main_process():
-            _report(out, matrix, counts, class_names, settings, preset)
-        return
+        return _report(out, matrix, counts, class_names, settings, preset) if is_main_process() else ""
     if shard.count == 1:
-        _report(out, matrix, counts, class_names, settings, preset)
-        return
+        return _report(out, matrix, counts, class_names, settings, preset)
     _print_counts(out, counts)
     _write_shard_score(out, shard, matrix, counts, class_names, settings, preset)
     if len(list((out / SHARD_DIR).glob(f"*of{shard.count}.json"))) == shard.count:
         _merge_shards(out)  # the last shard to finish writes the merged score
+    return ""
 
 
 def _all_reduce_counts(counts: _Counts) -> None:
@@ -634,6 +703,8 @@ def _write_shard_score(out: Path, shard: Any, matrix: Any, counts: _Counts, clas
 
 def _merge_shards(out: Path) -> int:
     """Sum the shards' confusion matrices into ``metrics.json`` (``--merge``, or the last shard)."""
+    import torch
+
     from cdclip.metrics import ConfusionMatrix
 
     records = [json.loads(p.read_text()) for p in sorted((out / SHARD_DIR).glob("shard*of*.json"))]
@@ -668,22 +739,21 @@ def _print_counts(out: Path, counts: _Counts) -> None:
 
 
 def _report(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
-            preset: str | None) -> None:  # fmt: skip
+            preset: str | None) -> str:  # fmt: skip
     """The summary line, warnings about skipped and unlabelled images, the score and ``metrics.json``."""
     _print_counts(out, counts)
-    if counts.scored:
-        _write_score(out, matrix, counts, class_names, settings, preset)
+    return _write_score(out, matrix, counts, class_names, settings, preset) if counts.scored else ""
 
 
 def _write_score(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str, ...], settings: dict[str, Any],
-                 preset: str | None) -> None:  # fmt: skip
-    """Print the per-class table and the mIoU; write ``metrics.json``."""
+                 preset: str | None) -> str:  # fmt: skip
+    """Print the per-class table and the mIoU, and return them as printed; write ``metrics.json``."""
     from cdclip.atomic import atomic_write_text
 
     names_bg = ("background", *class_names)
     miou = float(matrix.miou())
-    print(matrix.table(names_bg))
-    print(f"pseudo-label mIoU: {100 * miou:.2f} on {counts.scored} images")
+    score = f"{matrix.table(names_bg)}\npseudo-label mIoU: {100 * miou:.2f} on {counts.scored} images"
+    print(score)
     metrics = {
         "miou": miou,
         "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names_bg, matrix.iou(), strict=True)},
@@ -696,3 +766,4 @@ def _write_score(out: Path, matrix: Any, counts: _Counts, class_names: tuple[str
         "preset": preset,
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return score
