@@ -66,3 +66,16 @@ def test_refine_with_clip_distributions_and_attention(voc_root, tmp_path, tiny_b
     assert attn.shape == mean.shape and not np.array_equal(attn, mean)  # CDA changes the attention baseline
     settings = json.loads((tmp_path / "mean" / "settings.json").read_text())
     assert settings["clip"]["fingerprint"] and settings["clip"]["fusion"] is None
+
+
+def test_saved_maps_are_normalised_per_map_not_per_row():
+    import torch
+
+    from cdclip.commands.refine import grid_normalized
+
+    rows = torch.arange(8.0)[:, None].expand(8, 8)  # constant along each row, rising downwards
+    maps = torch.stack([rows, 3 * rows + 1])
+    out = grid_normalized(maps, (128, 128), 16)
+    for m in out:  # each map keeps its gradient: 0 on the top row, ~1 on the bottom (per-row scaling gave 0)
+        assert float(m[0].max()) == 0.0 and float(m[-1].min()) > 0.99
+        assert bool((m[1:, 0] > m[:-1, 0]).all())

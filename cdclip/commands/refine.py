@@ -93,19 +93,31 @@ def _to_grid(maps: torch.Tensor, size: tuple[int, int], patch: int) -> torch.Ten
     return F.adaptive_avg_pool2d(maps[None], grid)[0]
 
 
+def grid_normalized(maps: torch.Tensor, size: tuple[int, int], patch: int) -> torch.Tensor:
+    """The saved maps on the patch grid, negatives dropped, each map min–max normalised as a whole.
+
+    Shape:
+        - maps: (P, h', w') at any resolution
+        - output: (P, h, w) on the grid of ``size`` / ``patch``
+    """
+    from cdclip.minmax import minmax_normalize
+
+    # minmax_normalize reads (B, C, *): the stack is one image's C maps, not P images of rows
+    return minmax_normalize(_to_grid(maps, size, patch).clamp_min(0)[None])[0]
+
+
 def _refine_one(keys: np.ndarray, maps: torch.Tensor, source: torch.Tensor, size: tuple[int, int],
                 args: argparse.Namespace, clip: Any = None, image: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(refined maps on the grid, pseudo label (H, W) class ids); with ``clip``, CLIP's distributions."""
     from cdclip.affinity.cda import cda_refine, class_probs_from_cams
-    from cdclip.minmax import minmax_normalize
     from cdclip.pipeline.cam_eval import label_map
 
-    grid_maps = minmax_normalize(_to_grid(maps, size, args.patch).clamp_min(0))
+    grid_maps = grid_normalized(maps, size, args.patch)
     if clip is not None and len(keys):
         refined = _refine_with_clip(keys, grid_maps, clip, image, args)
     elif len(keys):
-        src = minmax_normalize(_to_grid(source, size, args.patch).clamp_min(0))
+        src = grid_normalized(source, size, args.patch)
         if src.shape[-2:] != grid_maps.shape[-2:]:
             src = F.interpolate(src[None], size=grid_maps.shape[-2:], mode="bilinear", align_corners=False)[0]
         only_present = src.shape[0] == grid_maps.shape[0]
