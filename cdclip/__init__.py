@@ -11,9 +11,9 @@ particular open_clip and timm, is imported on first attribute access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cdclip._lazy import lazy_attributes
 from cdclip.registry import create, get, list_components, register, registry
 
 __version__ = "0.1.0"
@@ -93,18 +93,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # cache: later lookups skip __getattr__
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"cdclip.{name}")
-    raise AttributeError(f"module 'cdclip' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBMODULES)
 
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real symbols

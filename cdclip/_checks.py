@@ -15,13 +15,17 @@ from typing import Any, TypeVar
 
 import torch
 
+from cdclip.choices import check_choice  # torch-free, for the light modules (configuration, prompts)
+
 __all__ = [
     "check_choice",
+    "check_dense_inputs",
     "check_distributions",
     "check_finite",
     "check_floating",
     "check_fraction",
     "check_int",
+    "check_integer_labels",
     "check_nonempty",
     "check_positive",
     "check_rank",
@@ -56,6 +60,22 @@ def check_rank(x: torch.Tensor, name: str, pattern: str) -> None:
         )
 
 
+def check_dense_inputs(*inputs: tuple[torch.Tensor, str, str]) -> None:
+    """Rank, floating dtype, no empty dimension and finite values of every ``(tensor, name, pattern)``.
+
+    Each check runs over all inputs before the next one starts, so the error raised first is the
+    one of :func:`check_rank` of every input, then :func:`check_floating` of every input, and so on.
+    """
+    for x, name, pattern in inputs:
+        check_rank(x, name, pattern)
+    for x, name, _ in inputs:
+        check_floating(x, name)
+    for x, name, pattern in inputs:
+        check_nonempty(x, name, pattern)
+    for x, name, _ in inputs:
+        check_finite(x, name)
+
+
 def check_floating(x: torch.Tensor, name: str) -> None:
     """Raise ``TypeError`` unless ``x`` has a floating dtype."""
     if not x.is_floating_point():
@@ -66,6 +86,12 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinity."""
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def check_integer_labels(x: torch.Tensor, name: str, what: str = "integer class ids") -> None:
+    """Raise ``TypeError`` unless ``x`` holds integers (a bool, floating or complex dtype is refused)."""
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected {what}, got dtype {x.dtype}")
 
 
 def check_same(sizes: Sequence[tuple[str, int]], what: str) -> None:
@@ -83,12 +109,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     and bfloat16 inputs are computed in float32.
     """
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
-    """Raise a ValueError naming ``name``, the allowed ``choices`` and the value received."""
-    if value not in tuple(choices):
-        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
 
 
 def check_nonempty(x: torch.Tensor, name: str, pattern: str) -> None:

@@ -1,8 +1,17 @@
-"""The device a command runs on: the default, and a check made before anything is built."""
+"""The device a command runs on: the default, a check made before anything is built, mixed precision."""
 
 from __future__ import annotations
 
-__all__ = ["check_device", "default_device"]
+from typing import Any
+
+__all__ = ["amp_dtype", "check_device", "default_device"]
+
+
+def amp_dtype(amp: str) -> Any:
+    """The compute dtype of a ``TrainConfig.amp`` value: ``None`` for ``"none"``, else bfloat16 / float16."""
+    import torch
+
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def default_device() -> str:

@@ -25,9 +25,6 @@ def weights_fingerprint(*modules: nn.Module | Mapping[str, torch.Tensor] | None)
     """SHA-256 (hex, 16 characters) over the parameters and buffers of ``modules``.
 
     Each argument is a module, a state dict, or ``None`` (skipped).
-
-    Shape:
-        - no tensors out: modules -> str
     """
     digest = hashlib.sha256()
     for index, module in enumerate(modules):

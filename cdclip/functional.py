@@ -6,8 +6,7 @@ this module costs nothing until a function is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cdclip._lazy import lazy_attributes
 
 _LAZY: dict[str, str] = {
     "js_divergence": "cdclip.kernels.js",
@@ -23,7 +22,7 @@ _LAZY: dict[str, str] = {
     "boundary_enhanced_loss": "cdclip.losses.boundary",
     "balanced_cross_entropy": "cdclip.losses.segmentation",
     "affinity_loss": "cdclip.losses.affinity",
-    "resample_features": "cdclip.backbones.dino",
+    "resample_features": "cdclip.feature_maps",
     "clip_gradcam": "cdclip.cam.gradcam",
     "patch_text_cam": "cdclip.cam.patch_text",
     "refine_cams": "cdclip.cam.refine",
@@ -37,13 +36,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cdclip.functional' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

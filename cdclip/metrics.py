@@ -131,7 +131,12 @@ class ConfusionMatrix:
         self.matrix = torch.zeros_like(self.matrix)
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
-        """Add the pixels of one prediction/target pair (any shape, any device)."""
+        """Add the pixels of one prediction/target pair (any device).
+
+        Shape:
+            - pred: (*) class ids
+            - target: (*) class ids, the shape of ``pred``
+        """
         counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         if counts.device != self.matrix.device:
             if not self.matrix.any():  # follow the data: accumulate where it lives

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["random_clip_backbone", "random_clip_state_dict", "save_random_clip"]
+__all__ = ["random_clip_backbone", "random_clip_state_dict", "save_random_clip", "tiny_clip_backbone"]
 
 
 def _std(key: str, shape: torch.Size) -> float:
@@ -82,11 +82,7 @@ def random_clip_state_dict(model: str = "ViT-B-16", seed: int = 0, tie_keys: boo
 
 
 def save_random_clip(path: str | os.PathLike[str], model: str = "ViT-B-16", seed: int = 0) -> Path:
-    """Write :func:`random_clip_state_dict` as a ``.pt`` file that OpenAI-style loaders read.
-
-    Shape:
-        - no tensors: writes the file, returns its path
-    """
+    """Write :func:`random_clip_state_dict` as a ``.pt`` file that OpenAI-style loaders read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = random_clip_state_dict(model, seed)
@@ -101,9 +97,6 @@ def random_clip_backbone(model: str = "ViT-B-16", seed: int = 0, **backbone_kwar
 
     The open_clip model is built with QuickGELU, as OpenAI's layout (and CLIP-ES / WeCLIP) expects;
     ``backbone_kwargs`` go to the backbone (``pos_interp``, ``pos_fp16``, ``fp16_out_proj``).
-
-    Shape:
-        - no tensors: -> OpenCLIPBackbone
     """
     import open_clip
 
@@ -112,3 +105,23 @@ def random_clip_backbone(model: str = "ViT-B-16", seed: int = 0, **backbone_kwar
     clip = open_clip.create_model(model, pretrained=None, force_quick_gelu=True)
     clip.load_state_dict(random_clip_state_dict(model, seed), strict=False)
     return OpenCLIPBackbone(clip, name=model, **backbone_kwargs)
+
+
+def tiny_clip_backbone(image_size: int = 64, layers: int = 2, seed: int = 0) -> Any:
+    """A small random open_clip ViT (patch 16, width 64, embeddings of 32) as an OpenCLIPBackbone.
+
+    Built in milliseconds from ``seed`` alone (the global RNG is left as it was): for examples,
+    tests and smoke runs, never for results.
+    """
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    from cdclip.backbones.openclip import OpenCLIPBackbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(
+            embed_dim=32,
+            vision_cfg=CLIPVisionCfg(layers=layers, width=64, head_width=16, patch_size=16, image_size=image_size),
+            text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+        )
+    return OpenCLIPBackbone(model)

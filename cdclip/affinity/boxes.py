@@ -17,8 +17,6 @@ which makes the propagation depend on where an object sits in the picture.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -32,11 +30,9 @@ from cdclip._checks import (
     check_nonempty,
     check_rank,
 )
+from cdclip.choices import BOX_RULES, BoxRule
 
 __all__ = ["BOX_RULES", "BoxRule", "box_mask"]
-
-BoxRule = Literal["inclusive", "clip-es"]
-BOX_RULES: tuple[str, ...] = get_args(BoxRule)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 

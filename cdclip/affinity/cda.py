@@ -42,9 +42,8 @@ min–max normalised. Under ``torch.autocast`` everything runs in float32 (float
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 
 from cdclip._checks import (
     check_choice,
+    check_dense_inputs,
     check_distributions,
     check_finite,
     check_floating,
@@ -66,6 +66,8 @@ from cdclip._checks import (
 )
 from cdclip.affinity.boxes import BOX_RULES, BoxRule, box_mask
 from cdclip.affinity.transition import transition_matrix
+from cdclip.choices import AFFINITY_KINDS, AffinityKind
+from cdclip.constants import LN2
 from cdclip.kernels.js import _pairwise_js_checked
 from cdclip.minmax import minmax_normalize
 from cdclip.registry import register
@@ -80,11 +82,8 @@ __all__ = [
     "minmax_normalize",
 ]
 
-AffinityKind = Literal["exp", "power", "linear"]
 Fusion = Literal["mean", "replace", "product", "attn"]
-FUSIONS: tuple[str, ...] = ("mean", "replace", "product", "attn")
-AFFINITY_KINDS: tuple[str, ...] = ("exp", "power", "linear")
-LN2 = math.log(2.0)
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 # an image whose CDA affinities all lie this close to 1 has uninformative class distributions
 UNINFORMATIVE_ATOL = 1e-4
 
@@ -102,14 +101,7 @@ def class_probs_from_features(features: Tensor, text: Tensor, logit_scale: float
         - text: (K, D)
         - output: (B, N, K)
     """
-    check_rank(features, "features", "B N D")
-    check_rank(text, "text", "K D")
-    check_floating(features, "features")
-    check_floating(text, "text")
-    check_nonempty(features, "features", "B N D")
-    check_nonempty(text, "text", "K D")
-    check_finite(features, "features")
-    check_finite(text, "text")
+    check_dense_inputs((features, "features", "B N D"), (text, "text", "K D"))
     check_positive(logit_scale, "logit_scale")
     if features.shape[-1] != text.shape[-1]:
         raise ValueError(
@@ -146,10 +138,7 @@ def class_probs_from_cams(
         - cams: (B, C, h, w)
         - output: (B, h*w, C) or (B, h*w, C+1) with ``background``
     """
-    check_rank(cams, "cams", "B C h w")
-    check_floating(cams, "cams")
-    check_nonempty(cams, "cams", "B C h w")
-    check_finite(cams, "cams")
+    check_dense_inputs((cams, "cams", "B C h w"))
     check_positive(temperature, "temperature")
     check_positive(alpha, "alpha")
     scores = cams.to(compute_dtype(cams)).flatten(2).transpose(1, 2)  # (B, N, C)
@@ -161,16 +150,23 @@ def class_probs_from_cams(
     return torch.softmax((scores - scores.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
 
 
-def check_probs(probs: Tensor, name: str = "probs", atol: float = 1e-3) -> None:
-    """Raise unless ``probs`` is a non-empty ``(B, N, K)``, finite, non-negative, rows summing to 1.
+def check_class_distributions(probs: Tensor, name: str = "probs", atol: float = 1e-3) -> None:
+    """Raise unless ``probs`` is a non-empty ``(B, N, K)`` of class distributions: finite,
+    non-negative rows summing to 1 (layout and values, unlike the kernel's layout-only check).
 
     The tolerance widens to twice the dtype's epsilon for low-precision inputs: a bfloat16
     softmax row legitimately sums to 1 ± 0.004.
+
+    Shape:
+        - probs: (B, N, K)
     """
     check_rank(probs, name, "B N K")
     check_floating(probs, name)
     check_nonempty(probs, name, "B N K")
     check_distributions(probs, name, atol)
+
+
+check_probs = check_class_distributions  # the earlier name, kept for callers
 
 
 def _check_affinity_args(kind: object, sigma: object, beta: object, name: str = "kind") -> None:
@@ -192,7 +188,7 @@ def cda_affinity(probs: Tensor, kind: AffinityKind = "exp", sigma: float = 0.05,
         - output: (B, N, N), values in [0, 1], 1 on the diagonal
     """
     _check_affinity_args(kind, sigma, beta)
-    check_probs(probs)
+    check_class_distributions(probs)
     return _affinity_from_probs(probs, kind, sigma, beta)
 
 
@@ -217,6 +213,12 @@ class CDAAffinity(nn.Module):
     Shape:
         - probs: (B, N, K)
         - output: (B, N, N)
+
+    Examples:
+        >>> import torch
+        >>> probs = torch.softmax(torch.randn(1, 16, 3), dim=-1)   # a 4 x 4 grid, 3 classes
+        >>> CDAAffinity(kind="exp", sigma=0.05)(probs).shape
+        torch.Size([1, 16, 16])
     """
 
     def __init__(self, kind: AffinityKind = "exp", sigma: float = 0.05, beta: float = 8.0) -> None:
@@ -260,7 +262,7 @@ def _check_attn(attn: Tensor | None, fusion: str, b: int, n: int, cams_shape: tu
         raise ValueError("attn: expected a non-negative affinity, got negative entries")
 
 
-def _check_probs_for(probs: Tensor | None, fusion: str, b: int, n: int, cams_shape: tuple[int, ...]) -> None:
+def _check_probs_for_cams(probs: Tensor | None, fusion: str, b: int, n: int, cams_shape: tuple[int, ...]) -> None:
     if probs is None:
         raise ValueError(
             f"probs: fusion={fusion!r} needs per-patch class distributions (B, N={n}, K); build them with "
@@ -269,7 +271,7 @@ def _check_probs_for(probs: Tensor | None, fusion: str, b: int, n: int, cams_sha
     check_rank(probs, "probs", "B N K")
     if probs.shape[0] != b or probs.shape[1] != n:
         raise ValueError(f"probs: expected shape (B={b}, N=h*w={n}, K) for cams {cams_shape}, got {tuple(probs.shape)}")
-    check_probs(probs)
+    check_class_distributions(probs)
 
 
 def _uninformative(a_cd: Tensor) -> Tensor:
@@ -353,7 +355,7 @@ def cda_refine(
     needs_attn = fusion in ("mean", "product", "attn")
     needs_probs = fusion in ("mean", "product", "replace")
     if needs_probs:
-        _check_probs_for(probs, fusion, b, n, tuple(cams.shape))
+        _check_probs_for_cams(probs, fusion, b, n, tuple(cams.shape))
     if needs_attn:
         _check_attn(attn, fusion, b, n, tuple(cams.shape))
 
@@ -436,18 +438,22 @@ class CDAModule(nn.Module):
         box_rule: ``"inclusive"`` (default) or ``"clip-es"`` box ends.
         normalize: min–max normalise each refined map (default); ``False`` keeps the propagated scores.
 
-    Example (CAMs from any method, no text classifier)::
-
-        cda = CDAModule(fusion="replace")
-        probs = class_probs_from_cams(cams_all_classes)        # (B, N, C)
-        refined = cda(cams_all_classes[:, present], probs)      # (B, C', h, w)
-        refined = cda(cams_all_classes, probs, present=labels)  # (B, C, h, w), per-image classes
-
     Shape:
         - cams: (B, C, h, w)
         - probs: (B, h*w, K)
         - attn: (B, h*w, h*w)
         - output: (B, C, h, w)
+
+    Examples:
+        >>> import torch
+        >>> cams_all = torch.rand(1, 3, 8, 8)                     # CAMs of all 3 classes from any method
+        >>> probs = class_probs_from_cams(cams_all)               # (B, N, C) class distributions
+        >>> cda = CDAModule(fusion="replace")
+        >>> cda(cams_all[:, [0, 2]], probs).shape                 # refine the present classes 0 and 2
+        torch.Size([1, 2, 8, 8])
+        >>> refined = cda(cams_all, probs, present=torch.tensor([[1, 0, 1]]))  # every class, per-image labels
+        >>> refined.shape, float(refined[0, 1].abs().sum())       # the absent class: a zero map
+        (torch.Size([1, 3, 8, 8]), 0.0)
     """
 
     def __init__(

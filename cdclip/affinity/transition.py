@@ -91,6 +91,12 @@ class TransitionMatrix(nn.Module):
     Shape:
         - affinity: (B, N, N)
         - output: (B, N, N)
+
+    Examples:
+        >>> import torch
+        >>> t = TransitionMatrix(sinkhorn_iters=3, power=2)(torch.rand(1, 6, 6))
+        >>> t.shape, bool(torch.allclose(t, t.transpose(1, 2)))
+        (torch.Size([1, 6, 6]), True)
     """
 
     def __init__(self, sinkhorn_iters: int = 3, power: int = 2, eps: float = 1e-12) -> None:

@@ -27,14 +27,15 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_tensor
+from cdclip._checks import check_choice, check_tensor
 from cdclip.backbones._hub import PretrainedWeightsError, cached_hub_file, hub_unavailable_reason
+from cdclip.feature_maps import check_grid, map_to_tokens, resample_features, tokens_to_map
 from cdclip.registry import register
 
 __all__ = [
@@ -46,75 +47,9 @@ __all__ = [
 ]
 
 DEFAULT_DINO = "vit_base_patch16_224.dino"
-FEATURES = ("tokens", "keys")
+Feature = Literal["tokens", "keys"]
+FEATURES: tuple[str, ...] = get_args(Feature)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-# ---------------------------------------------------------------------- resampling
-def resample_features(
-    features: Tensor,
-    grid: tuple[int, int],
-    src_grid: tuple[int, int] | None = None,
-    normalize: bool = True,
-) -> Tensor:
-    """Bilinearly resample a dense feature map to another grid and L2-normalise it again.
-
-    Args:
-        features: ``(B, N, D)`` tokens on ``src_grid`` (row-major) or a ``(B, D, h', w')`` map.
-        grid: the target ``(h, w)``.
-        src_grid: the ``(h', w')`` of token input; inferred when ``N`` is a perfect square.
-        normalize: L2-normalise every output vector (interpolation shrinks norms between patches).
-
-    Returns:
-        The same layout as the input, on the new grid; unchanged values when the grids match
-        (apart from re-normalisation). Computed in float32 (float64 stays float64).
-
-    Shape:
-        - features: (B, N, D) or (B, D, h', w')
-        - output: (B, h*w, D) or (B, D, h, w)
-    """
-    check_tensor(features, "features")
-    check_floating(features, "features")
-    h, w = _check_grid(grid, "grid")
-    tokens = features.dim() == 3
-    if tokens:
-        b, n, d = features.shape
-        src_h, src_w = _infer_grid(n, src_grid)
-        fmap = features.transpose(1, 2).reshape(b, d, src_h, src_w)
-    elif features.dim() == 4:
-        fmap = features
-    else:
-        raise ValueError(f"features: expected shape (B, N, D) or (B, D, h, w), got {tuple(features.shape)}")
-    fmap = fmap.to(torch.float64 if fmap.dtype == torch.float64 else torch.float32)
-    if tuple(fmap.shape[-2:]) != (h, w):
-        fmap = F.interpolate(fmap, size=(h, w), mode="bilinear", align_corners=False)
-    if normalize:
-        fmap = F.normalize(fmap, dim=1, eps=1e-12)
-    if tokens:
-        return fmap.flatten(2).transpose(1, 2)
-    return fmap
-
-
-def _check_grid(grid: object, name: str) -> tuple[int, int]:
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid)
-    ):
-        raise ValueError(f"{name}: expected a pair of positive ints (h, w), got {grid!r}")
-    return int(grid[0]), int(grid[1])
-
-
-def _infer_grid(n: int, src_grid: tuple[int, int] | None) -> tuple[int, int]:
-    if src_grid is not None:
-        h, w = _check_grid(src_grid, "src_grid")
-        if h * w != n:
-            raise ValueError(f"src_grid: {h}x{w} = {h * w} patches, but features have N = {n}")
-        return h, w
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"features: N = {n} is not a square number; pass src_grid=(h, w) or a (B, D, h, w) map")
-    return side, side
 
 
 # ---------------------------------------------------------------------- weights
@@ -198,32 +133,18 @@ def _build_timm(
     cache_dir: str | os.PathLike[str] | None,
     timm_kwargs: dict[str, Any],
 ) -> nn.Module:
+    """The timm ViT with its weights: a local file, else the Hugging Face cache / hub, else random."""
     import timm  # heavy, imported only here
 
     kwargs: dict[str, Any] = {"num_classes": 0, "dynamic_img_size": True, "dynamic_img_pad": True}
     kwargs.update(timm_kwargs)
-    try:
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    except Exception:  # unknown tag: timm.create_model raises the informative error below
-        cfg = None
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    url = getattr(cfg, "url", None) if cfg is not None else None
-
-    def create(**extra: Any) -> nn.Module:
-        try:
-            return timm.create_model(model_name, **kwargs, **extra)
-        except RuntimeError as err:
-            if "Unknown model" in str(err) or "Invalid pretrained tag" in str(err):
-                raise ValueError(f"model_name: timm does not know {model_name!r} ({err})") from err
-            raise
-
     if checkpoint_path is not None:
         path = Path(checkpoint_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint_path: no file at {str(path)!r}")
-        return _load_weights_file(create(pretrained=False), path)
+        return _load_weights_file(_create_timm(timm, model_name, kwargs, pretrained=False), path)
     if not pretrained:
-        model = create(pretrained=False)
+        model = _create_timm(timm, model_name, kwargs, pretrained=False)
         warnings.warn(
             f"cdclip: timm model {model_name!r} is randomly initialised (pretrained={pretrained!r}); "
             "its features carry no DINO structure. Use this for tests only.",
@@ -231,12 +152,35 @@ def _build_timm(
             stacklevel=3,
         )
         return model
+    return _pretrained_timm(timm, model_name, cache_dir, kwargs)
+
+
+def _create_timm(timm: Any, model_name: str, kwargs: dict[str, Any], **extra: Any) -> nn.Module:
+    """``timm.create_model``; an unknown model name or tag is a ``ValueError`` naming ``model_name``."""
+    try:
+        return timm.create_model(model_name, **kwargs, **extra)
+    except RuntimeError as err:
+        if "Unknown model" in str(err) or "Invalid pretrained tag" in str(err):
+            raise ValueError(f"model_name: timm does not know {model_name!r} ({err})") from err
+        raise
+
+
+def _pretrained_timm(
+    timm: Any, model_name: str, cache_dir: str | os.PathLike[str] | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Pretrained weights from the Hugging Face cache, else downloaded; offline, an error saying what to do."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except Exception:  # unknown tag: timm.create_model raises the informative error below
+        cfg = None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    url = getattr(cfg, "url", None) if cfg is not None else None
     cached = None
     if hub_id:
         repo_id, _, revision = hub_id.partition("@")
         cached = cached_hub_file(repo_id, _HUB_FILES, _hub_cache_dir(cache_dir), revision or None)
     if cached is not None:
-        return _load_weights_file(create(pretrained=False), Path(cached))
+        return _load_weights_file(_create_timm(timm, model_name, kwargs, pretrained=False), Path(cached))
     reason = hub_unavailable_reason()
     if reason is not None:
         raise PretrainedWeightsError(
@@ -245,7 +189,7 @@ def _build_timm(
     try:
         if cache_dir is not None:
             kwargs["cache_dir"] = os.fspath(cache_dir)
-        return create(pretrained=True)
+        return _create_timm(timm, model_name, kwargs, pretrained=True)
     except (OSError, RuntimeError) as err:  # hub / HTTP errors: say how to provide the file
         raise PretrainedWeightsError(
             _weights_message(model_name, hub_id, url, f"download failed ({type(err).__name__}: {err})")
@@ -279,6 +223,14 @@ class DinoBackbone(nn.Module):
     Shape:
         - images: (B, 3, H, W)
         - output: (B, N', D') with N' = h'·w', (h', w') = grid or (ceil(H/p), ceil(W/p))
+
+    Examples:
+        >>> import torch
+        >>> dino = DinoBackbone("vit_tiny_patch16_224", pretrained=False, depth=1)  # random weights: tests only
+        >>> dino(torch.rand(1, 3, 64, 48)).shape                 # 4 x 3 patches of 16 px
+        torch.Size([1, 12, 192])
+        >>> dino.feature_map(torch.rand(1, 3, 64, 48), grid=(8, 8)).shape
+        torch.Size([1, 192, 8, 8])
     """
 
     def __init__(
@@ -287,7 +239,7 @@ class DinoBackbone(nn.Module):
         pretrained: bool | None = True,
         checkpoint_path: str | os.PathLike[str] | None = None,
         frozen: bool = True,
-        feature: str = "tokens",
+        feature: Feature = "tokens",
         normalize_input: bool = True,
         grid: tuple[int, int] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -296,13 +248,12 @@ class DinoBackbone(nn.Module):
         super().__init__()
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name: expected a timm model name, got {model_name!r}")
-        if feature not in FEATURES:
-            raise ValueError(f"feature: expected one of {FEATURES}, got {feature!r}")
+        check_choice(feature, "feature", FEATURES)
         self.model_name = model_name
         self.feature = feature
         self.frozen = bool(frozen)
         self.normalize_input = bool(normalize_input)
-        self.grid = _check_grid(grid, "grid") if grid is not None else None
+        self.grid = check_grid(grid, "grid") if grid is not None else None
         self.model = _build_timm(model_name, pretrained, checkpoint_path, cache_dir, dict(timm_kwargs))
         if not hasattr(self.model, "patch_embed") or not hasattr(self.model, "blocks"):
             raise ValueError(f"model_name: {model_name!r} is not a ViT with patch tokens")
@@ -371,14 +322,14 @@ class DinoBackbone(nn.Module):
         """
         images = self._prepare(images)
         native = self.grid_size(images.shape[-2], images.shape[-1])
-        target = _check_grid(grid, "grid") if grid is not None else (self.grid or native)
+        target = check_grid(grid, "grid") if grid is not None else (self.grid or native)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             tokens = self._tokens(images)
         if tokens.shape[1] != native[0] * native[1]:
             raise RuntimeError(
                 f"{self.model_name}: got {tokens.shape[1]} patch tokens for a {native[0]}x{native[1]} grid"
             )
-        fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *native)
+        fmap = tokens_to_map(tokens, native)
         # normalise before resampling: every patch direction weighs the same in the interpolation
         fmap = F.normalize(fmap.float(), dim=1, eps=1e-12)
         return resample_features(fmap, target)
@@ -390,7 +341,7 @@ class DinoBackbone(nn.Module):
             - images: (B, 3, H, W)
             - output: (B, N', D')
         """
-        return self.feature_map(images, grid).flatten(2).transpose(1, 2)
+        return map_to_tokens(self.feature_map(images, grid))
 
     def extra_repr(self) -> str:
         return (

@@ -30,7 +30,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,8 @@ from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.backbones._hub import PretrainedWeightsError, cached_hub_file, hub_unavailable_reason
 from cdclip.backbones.fp16_attention import self_attention_fp16_out
 from cdclip.backbones.output import CLIPOutput
+from cdclip.choices import POS_INTERPS, PosInterp
+from cdclip.constants import CLIP_MEAN, CLIP_STD
 from cdclip.registry import register
 
 __all__ = [
@@ -52,8 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_NAME = "ViT-B-16@openai"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN, OPENAI_STD = CLIP_MEAN, CLIP_STD  # the names before cdclip.constants
 _FROM_NAME = object()  # sentinel: take the weights from the "@tag" part of the name
 
 
@@ -67,10 +68,6 @@ def parse_openclip_name(name: str) -> tuple[str, str | None]:
     if not model:
         raise ValueError(f"name: expected 'MODEL@TAG' such as 'ViT-B-16@openai', got {name!r}")
     return model, (tag or None)
-
-
-PosInterp = Literal["bilinear", "bicubic"]
-POS_INTERPS: tuple[str, ...] = get_args(PosInterp)
 
 
 def interpolate_pos_embed(
@@ -183,14 +180,24 @@ class OpenCLIPBackbone(nn.Module):
         - output.dense: (B, N, D) with N = (H/p)·(W/p)
         - output.attn: (B, L, N, N)
         - output.global_embedding: (B, D)
+
+    Examples:
+        >>> import torch
+        >>> from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+        >>> model = CLIP(32, CLIPVisionCfg(layers=2, width=64, head_width=16, patch_size=16, image_size=64),
+        ...              CLIPTextCfg(context_length=16, width=32, heads=2, layers=1))  # a tiny random CLIP
+        >>> clip = OpenCLIPBackbone(model)                       # or cdclip.create("openclip:ViT-B-16@openai")
+        >>> out = clip(torch.randn(1, 3, 64, 32), attn_blocks=1)
+        >>> out.dense.shape, out.attn.shape, out.grid
+        (torch.Size([1, 8, 32]), torch.Size([1, 1, 8, 8]), (4, 2))
     """
 
     def __init__(
         self,
         model: nn.Module,
         name: str | None = None,
-        mean: Sequence[float] = OPENAI_MEAN,
-        std: Sequence[float] = OPENAI_STD,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
         pos_interp: PosInterp = "bilinear",
         pos_fp16: bool = True,
         fp16_out_proj: bool = False,
@@ -298,67 +305,83 @@ class OpenCLIPBackbone(nn.Module):
             - images: (B, 3, H, W)
             - output: see :class:`CLIPOutput`, with N = (H / patch) * (W / patch)
         """
-        check_rank(images, "images", "B 3 H W")
-        check_floating(images, "images")
-        B, _, H, W = images.shape
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(f"images: height and width must be multiples of the patch size {p}, got {H}x{W}")
-        grid = (H // p, W // p)
+        grid = self._check_input(images)
         blocks = _resolve_blocks(attn_blocks, self.depth)
-        visual = self.visual
-        dtype = visual.conv1.weight.dtype
-        resblocks = visual.transformer.resblocks
-        last = self.depth - 1
-
         attn_list: list[torch.Tensor] = []
-        tokens_list: list[torch.Tensor] = []
+        tokens_list: list[torch.Tensor] | None = [] if return_block_tokens else None
         with torch.no_grad():
-            x = visual.conv1(images.to(device=self.device, dtype=dtype))  # (B, W, h, w)
-            x = x.flatten(2).transpose(1, 2)
-            cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(B, -1, -1)
-            x = torch.cat([cls, x], dim=1) + self.pos_embed(grid).to(x.dtype)
-            x = visual.ln_pre(x)
-            for i in range(last):
-                x, _, weights = block_forward(resblocks[i], x, i in blocks, self.fp16_out_proj)
-                if weights is not None:
-                    attn_list.append(weights[:, 1:, 1:].float())
-                if return_block_tokens:
-                    tokens_list.append(x[:, 1:].float())
-
-        last_input = last_ln1 = None
+            x = self._embed(images, grid)
+            for i in range(self.depth - 1):
+                x = self._block(i, x, blocks, attn_list, tokens_list)[0]
+        last_input = None
         if grad_last_block:
-            x = x.detach().float().to(dtype).requires_grad_(True)
+            x = x.detach().float().to(self.visual.conv1.weight.dtype).requires_grad_(True)
             last_input = x
         with torch.set_grad_enabled(grad_last_block or torch.is_grad_enabled()):
-            x, h1, weights = block_forward(resblocks[last], x, last in blocks, self.fp16_out_proj)
-            if grad_last_block:
-                last_ln1 = h1
-            if weights is not None:
-                attn_list.append(weights[:, 1:, 1:].float())
-            if return_block_tokens:
-                tokens_list.append(x[:, 1:].float())
-            x = visual.ln_post(x)
-            if visual.proj is not None:
-                x = x @ visual.proj
-            x = x.float()
-            dense = x[:, 1:]
-            cls_embedding = x[:, 0]
-            global_embedding = dense.mean(dim=1)
-
-        N = grid[0] * grid[1]
-        attn = torch.stack(attn_list, dim=1) if attn_list else dense.new_zeros(B, 0, N, N)
+            x, h1 = self._block(self.depth - 1, x, blocks, attn_list, tokens_list)
+            dense, cls_embedding, global_embedding = self._project(x)  # inside: GradCAM differentiates them
+        n = grid[0] * grid[1]
+        attn = torch.stack(attn_list, dim=1) if attn_list else dense.new_zeros(images.shape[0], 0, n, n)
         return CLIPOutput(
-            dense=dense,
-            global_embedding=global_embedding,
-            cls_embedding=cls_embedding,
-            attn=attn.detach(),
-            block_tokens=tuple(tokens_list),
-            grid=grid,
-            attn_blocks=blocks,
-            last_block_input=last_input,
-            last_block_ln1=last_ln1,
-        )
+            dense=dense, global_embedding=global_embedding, cls_embedding=cls_embedding, attn=attn.detach(),
+            block_tokens=tuple(tokens_list or ()), grid=grid, attn_blocks=blocks, last_block_input=last_input,
+            last_block_ln1=h1 if grad_last_block else None,
+        )  # fmt: skip
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ln_post`` and ``proj`` of the last block's output: dense features, class token, their mean.
+
+        Shape:
+            - x: (B, 1 + N, W)
+            - output: (B, N, D), (B, D), (B, D), float32
+        """
+        x = self.visual.ln_post(x)
+        if self.visual.proj is not None:
+            x = x @ self.visual.proj
+        x = x.float()
+        dense = x[:, 1:]
+        return dense, x[:, 0], dense.mean(dim=1)
+
+    def _check_input(self, images: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of normalised images whose sides are multiples of the patch size."""
+        check_rank(images, "images", "B 3 H W")
+        check_floating(images, "images")
+        _, _, height, width = images.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"images: height and width must be multiples of the patch size {p}, got {height}x{width}")
+        return height // p, width // p
+
+    def _embed(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch embedding, class token, position embedding and ``ln_pre``: the first block's input.
+
+        Shape:
+            - images: (B, 3, H, W)
+            - output: (B, 1 + N, W)
+        """
+        visual = self.visual
+        x = visual.conv1(images.to(device=self.device, dtype=visual.conv1.weight.dtype))  # (B, W, h, w)
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(images.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed(grid).to(x.dtype)
+        return visual.ln_pre(x)
+
+    def _block(
+        self, i: int, x: torch.Tensor, blocks: tuple[int, ...], attn_list: list[torch.Tensor],
+        tokens_list: list[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Block ``i``; its attention (CLS dropped) and patch tokens are appended to the lists asked for.
+
+        Shape:
+            - x: (B, 1 + N, W)
+            - output: (B, 1 + N, W), the block's ``ln_1`` output (B, 1 + N, W)
+        """
+        x, h1, weights = block_forward(self.visual.transformer.resblocks[i], x, i in blocks, self.fp16_out_proj)
+        if weights is not None:
+            attn_list.append(weights[:, 1:, 1:].float())
+        if tokens_list is not None:
+            tokens_list.append(x[:, 1:].float())
+        return x, h1
 
     # ------------------------------------------------------------------ text
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -467,21 +490,11 @@ def create_openclip(
     """
     import open_clip
 
-    model_name, tag = parse_openclip_name(name)
-    if weights is _FROM_NAME:
-        if tag is None:
-            raise ValueError(
-                f"weights: {name!r} names no pretrained tag; use 'MODEL@TAG' (e.g. 'ViT-B-16@openai'), "
-                "weights='/path/to/checkpoint' or weights=None for random initialisation"
-            )
-        weights = tag
-    if isinstance(weights, str) and weights.strip().lower() in {"none", "random", ""}:
-        weights = None
+    model_name, weights = _model_and_weights(name, weights)
     if model_name not in open_clip.list_models():
         raise ValueError(f"name: unknown open_clip model {model_name!r}; known ViTs include ViT-B-16, ViT-B-32, ViT-L-14")
-
     kwargs: dict[str, Any] = {"precision": precision, "device": device}
-    mean, std = OPENAI_MEAN, OPENAI_STD
+    mean, std = CLIP_MEAN, CLIP_STD
     if weights is None:
         warnings.warn(
             f"cdclip: building open_clip {model_name} with RANDOM weights (weights=None); "
@@ -493,34 +506,58 @@ def create_openclip(
     elif os.path.isfile(str(weights)):
         model = _load_local(open_clip, model_name, str(weights), kwargs)
     else:
-        cfg = open_clip.get_pretrained_cfg(model_name, str(weights))
-        if not cfg:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise ValueError(
-                f"weights: {weights!r} is neither a file nor an open_clip tag for {model_name} (tags: {tags})"
-            )
-        mean, std = cfg.get("mean", mean), cfg.get("std", std)
-        path = _cached_weights(model_name, str(weights), cache_dir)
-        reason = hub_unavailable_reason() if path is None else None
-        if reason is not None:
-            raise PretrainedWeightsError(
-                f"open_clip weights for {model_name}@{weights} are not in the local cache and {reason}. "
-                "Pass a local checkpoint instead: "
-                f"create_openclip('{model_name}', weights='/path/to/{model_name}.pt') or on the command line "
-                f"`--weights /path/to/{model_name}.pt` (OpenAI's ViT-B-16.pt or an open_clip "
-                "open_clip_pytorch_model.bin), or fill the cache on a connected machine with "
-                f"`python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{weights}')\"`."
-            )
-        if path is not None:
-            model = open_clip.create_model(
-                model_name, pretrained=path, force_quick_gelu=bool(cfg.get("quick_gelu", False)), **kwargs
-            )
-        else:
-            model = open_clip.create_model(model_name, pretrained=str(weights), cache_dir=cache_dir, **kwargs)
+        model, mean, std = _load_tag(open_clip, model_name, weights, cache_dir, kwargs)
     return OpenCLIPBackbone(
         model, name=model_name, mean=mean, std=std, pos_interp=pos_interp, pos_fp16=pos_fp16,
         fp16_out_proj=fp16_out_proj,
     )
+
+
+def _model_and_weights(name: str, weights: Any) -> tuple[str, Any]:
+    """The open_clip model of ``"MODEL@TAG"`` and the weights to load: ``weights``, else the tag; None = random."""
+    from cdclip.pipeline.clip_backbone import is_random_weights
+
+    model_name, tag = parse_openclip_name(name)
+    if weights is _FROM_NAME:
+        if tag is None:
+            raise ValueError(
+                f"weights: {name!r} names no pretrained tag; use 'MODEL@TAG' (e.g. 'ViT-B-16@openai'), "
+                "weights='/path/to/checkpoint' or weights=None for random initialisation"
+            )
+        weights = tag
+    if isinstance(weights, str) and (is_random_weights(weights) or not weights.strip()):
+        weights = None  # so does an empty string here
+    return model_name, weights
+
+
+def _load_tag(
+    open_clip: Any, model_name: str, weights: Any, cache_dir: str | None, kwargs: dict[str, Any]
+) -> tuple[nn.Module, Sequence[float], Sequence[float]]:
+    """The model of an open_clip pretrained tag and the image statistics it expects.
+
+    Read from the local cache when it is there; otherwise downloaded, unless the hub is
+    unreachable, which fails at once with a message saying how to pass a local file.
+    """
+    cfg = open_clip.get_pretrained_cfg(model_name, str(weights))
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ValueError(f"weights: {weights!r} is neither a file nor an open_clip tag for {model_name} (tags: {tags})")
+    mean, std = cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD)
+    path = _cached_weights(model_name, str(weights), cache_dir)
+    reason = hub_unavailable_reason() if path is None else None
+    if reason is not None:
+        raise PretrainedWeightsError(
+            f"open_clip weights for {model_name}@{weights} are not in the local cache and {reason}. "
+            "Pass a local checkpoint instead: "
+            f"create_openclip('{model_name}', weights='/path/to/{model_name}.pt') or on the command line "
+            f"`--weights /path/to/{model_name}.pt` (OpenAI's ViT-B-16.pt or an open_clip "
+            "open_clip_pytorch_model.bin), or fill the cache on a connected machine with "
+            f"`python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{weights}')\"`."
+        )
+    if path is not None:
+        quick_gelu = bool(cfg.get("quick_gelu", False))
+        return open_clip.create_model(model_name, pretrained=path, force_quick_gelu=quick_gelu, **kwargs), mean, std
+    return open_clip.create_model(model_name, pretrained=str(weights), cache_dir=cache_dir, **kwargs), mean, std
 
 
 def _load_local(open_clip: Any, model_name: str, path: str, kwargs: dict[str, Any]) -> nn.Module:

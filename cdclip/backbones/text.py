@@ -26,6 +26,12 @@ __all__ = ["TextClassifier", "TextEncoder", "build_text_classifier", "clear_text
 
 
 class TextEncoder(Protocol):
+    """Anything that embeds texts, e.g. :class:`~cdclip.backbones.openclip.OpenCLIPBackbone`.
+
+    Shape:
+        - encode_text output: (K, D) for K texts
+    """
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
@@ -48,12 +54,20 @@ class TextClassifier:
 
     @property
     def foreground(self) -> torch.Tensor:
-        """(C, D) foreground rows."""
+        """The foreground rows.
+
+        Shape:
+            - output: (C, D)
+        """
         return self.embeddings[: self.num_classes]
 
     @property
     def background(self) -> torch.Tensor:
-        """(K - C, D) background-word rows."""
+        """The background-word rows.
+
+        Shape:
+            - output: (K - C, D)
+        """
         return self.embeddings[self.num_classes :]
 
     def to(self, device: torch.device | str) -> TextClassifier:

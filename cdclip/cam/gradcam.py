@@ -23,29 +23,23 @@ independent in the last block, so one backward pass serves slot ``j`` of every i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import (
-    check_choice,
-    check_finite,
-    check_floating,
-    check_nonempty,
-    check_positive,
-    check_rank,
-)
+from cdclip._checks import check_choice, check_dense_inputs, check_floating, check_positive, check_rank
 from cdclip.backbones.output import CLIPOutput
-from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
+from cdclip.cam.multiscale import CAMResult, check_labels, multiscale_cams
 from cdclip.cam.slots import class_slots
+from cdclip.choices import CAM_TARGETS as TARGETS
+from cdclip.choices import CAMTarget as Target
+from cdclip.minmax import minmax_normalize
 from cdclip.registry import register
 
 __all__ = ["TARGETS", "CLIPGradCAM", "check_target", "clip_gradcam", "gradcam_scores"]
 
-Target = Literal["ln1_out", "block_in"]
-TARGETS: tuple[str, ...] = get_args(Target)
 _TARGET_ALIASES = {"ln_1": "ln1_out", "input": "block_in"}  # names before 0.2
 
 
@@ -67,14 +61,7 @@ def gradcam_scores(global_embedding: Tensor, text: Tensor, labels: Tensor, logit
         - labels: (B, C) multi-hot
         - output: (B, K), zero at absent classes
     """
-    check_rank(global_embedding, "global_embedding", "B D")
-    check_rank(text, "text", "K D")
-    check_floating(global_embedding, "global_embedding")
-    check_floating(text, "text")
-    check_nonempty(global_embedding, "global_embedding", "B D")
-    check_nonempty(text, "text", "K D")
-    check_finite(global_embedding, "global_embedding")
-    check_finite(text, "text")
+    check_dense_inputs((global_embedding, "global_embedding", "B D"), (text, "text", "K D"))
     check_positive(logit_scale, "logit_scale")
     c = check_labels(labels, global_embedding.shape[0]).shape[1]
     if text.shape[0] < c or text.shape[1] != global_embedding.shape[1]:
@@ -146,7 +133,7 @@ def clip_gradcam(
     # pytorch-grad-cam (CLIP-ES, WeCLIP) normalises each layer's map and again after averaging the
     # layers; with one layer that is min-max twice, and with its 1e-7 the two differ where GradCAM's
     # raw range is small (random ViTs: ~1e-5), and at the peak that CLIP-ES's uint8 box rule reads
-    cams = minmax_per_map(minmax_per_map(cams.reshape(b, c, h, w))) * labels.to(cams)[:, :, None, None]
+    cams = minmax_normalize(minmax_normalize(cams.reshape(b, c, h, w))) * labels.to(cams)[:, :, None, None]
     return cams if create_graph else cams.detach()
 
 
@@ -168,6 +155,15 @@ class CLIPGradCAM(nn.Module):
         - labels: (B, C)
         - text: (K, D)
         - output.cams: (B, C, H / p, W / p)
+
+    Examples:
+        >>> import torch
+        >>> from cdclip.testing import tiny_clip_backbone
+        >>> clip = tiny_clip_backbone()
+        >>> text = clip.encode_text(["a cat.", "a dog.", "grass."])   # two classes, then a background word
+        >>> result = CLIPGradCAM()(clip, torch.randn(1, 3, 64, 64), torch.tensor([[1.0, 0.0]]), text)
+        >>> result.cams.shape, float(result.cams[0, 1].abs().sum())   # the absent dog: a zero map
+        (torch.Size([1, 2, 4, 4]), 0.0)
     """
 
     needs_grad = True
@@ -184,6 +180,12 @@ class CLIPGradCAM(nn.Module):
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
     def cams_from_output(self, output: CLIPOutput, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+        """GradCAM of one forward run with ``grad_last_block=True`` (``logit_scale``: the backbone's).
+
+        Shape:
+            - text: (K, D); labels: (B, C)
+            - output: (B, C, h, w)
+        """
         scale = self.logit_scale if self.logit_scale is not None else (logit_scale or 100.0)
         return clip_gradcam(output, text, labels, scale, self.target)
 

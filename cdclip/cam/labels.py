@@ -15,8 +15,6 @@ The background is ``(1 − max_c M_c)^α``, or a constant ``bg_threshold`` (CLIP
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,11 +22,9 @@ from torch import Tensor, nn
 from cdclip._checks import check_choice, check_floating, check_rank
 from cdclip.cam.multiscale import check_labels
 from cdclip.cam.slots import ClassSlots, class_slots, gather_slots
+from cdclip.choices import BACKGROUND_AT, BackgroundAt
 
 __all__ = ["BACKGROUND_AT", "background_score", "cams_to_labels", "slot_argmax"]
-
-BackgroundAt = Literal["image", "patch"]
-BACKGROUND_AT: tuple[str, ...] = get_args(BackgroundAt)
 
 
 def background_score(cams: Tensor, alpha: float = 1.0, threshold: float | None = None) -> Tensor:

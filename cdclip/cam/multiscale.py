@@ -1,4 +1,4 @@
-"""Shared CAM plumbing: label checks, per-map min–max, multi-scale / flip averaging.
+"""Shared CAM plumbing: label checks and multi-scale / flip averaging.
 
 Every CAM method computes ``(B, C, h, w)`` maps from one backbone forward; :func:`multiscale_cams`
 runs the backbone at several scales (and flipped), brings each CAM back to the scale-1.0 grid and
@@ -8,7 +8,6 @@ features are what the MHSA / CDA affinities use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +17,8 @@ from torch import Tensor
 
 from cdclip._checks import check_rank, check_tensor
 from cdclip.backbones.output import CLIPOutput
-from cdclip.minmax import minmax_normalize as minmax_per_map  # the name before 0.2
+from cdclip.minmax import minmax_normalize
+from cdclip.sizes import ceil_scaled_size
 
 __all__ = ["CAMResult", "check_labels", "minmax_per_map", "multiscale_cams", "scaled_size"]
 
@@ -35,7 +35,12 @@ class CAMResult(NamedTuple):
 
 
 def check_labels(labels: Tensor, batch: int) -> Tensor:
-    """Validate multi-hot image labels ``(B, C)`` and return them as a bool tensor."""
+    """Validate multi-hot image labels and return them as a bool tensor.
+
+    Shape:
+        - labels: (B, C) multi-hot
+        - output: (B, C) bool
+    """
     check_tensor(labels, "labels")
     check_rank(labels, "labels", "B C")
     if labels.shape[0] != batch:
@@ -45,12 +50,9 @@ def check_labels(labels: Tensor, batch: int) -> Tensor:
     return labels > 0
 
 
-def scaled_size(height: int, width: int, scale: float, multiple: int) -> tuple[int, int]:
-    """``(H, W)`` scaled and rounded up to a multiple of the patch size (CLIP-ES rounding)."""
-    return (
-        max(multiple, math.ceil(height * scale / multiple) * multiple),
-        max(multiple, math.ceil(width * scale / multiple) * multiple),
-    )
+# the earlier names, kept for callers
+minmax_per_map = minmax_normalize
+scaled_size = ceil_scaled_size
 
 
 def multiscale_cams(
@@ -96,7 +98,7 @@ def multiscale_cams(
             if scale == 1.0 and not flipped:
                 out = base
             else:
-                size = scaled_size(height, width, scale, p)
+                size = ceil_scaled_size(height, width, scale, p)
                 x = images if size == (height, width) else F.interpolate(
                     images, size=size, mode="bilinear", align_corners=False
                 )
@@ -110,5 +112,5 @@ def multiscale_cams(
             count += 1
             del out
     assert total is not None
-    cams = total if count == 1 else minmax_per_map(total / count)
+    cams = total if count == 1 else minmax_normalize(total / count)
     return CAMResult(cams, base.detached())

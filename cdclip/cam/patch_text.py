@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from cdclip._checks import check_finite, check_floating, check_nonempty, check_rank
 from cdclip.backbones.output import CLIPOutput
-from cdclip.cam.multiscale import CAMResult, check_labels, minmax_per_map, multiscale_cams
+from cdclip.cam.multiscale import CAMResult, check_labels, multiscale_cams
+from cdclip.minmax import minmax_normalize
 from cdclip.registry import register
 
 __all__ = ["PatchTextCAM", "patch_text_cam"]
@@ -60,7 +61,7 @@ def patch_text_cam(features: Tensor, text: Tensor, labels: Tensor, grid: tuple[i
     if text.shape[0] < c or text.shape[1] != d:
         raise ValueError(f"text: expected (K >= C={c}, D={d}), got {tuple(text.shape)}")
     sim = F.normalize(features.float(), dim=-1) @ F.normalize(text[:c].float(), dim=-1).T  # (B, N, C)
-    cams = minmax_per_map(F.relu(sim).transpose(1, 2).reshape(b, c, h, w))
+    cams = minmax_normalize(F.relu(sim).transpose(1, 2).reshape(b, c, h, w))
     return cams * present.to(cams)[:, :, None, None]
 
 
@@ -69,14 +70,21 @@ class PatchTextCAM(nn.Module):
     """Patch–text CAM method (Module twin of :func:`patch_text_cam`).
 
     Args:
-        scales: input scales whose CAMs are averaged (on the scale-1.0 grid).
-        flip: also average horizontally flipped inputs.
+        scales, flip: the multi-scale and flip averaging, as for :class:`~cdclip.cam.gradcam.CLIPGradCAM`.
 
     Shape:
-        - images: (B, 3, H, W) normalised, H and W multiples of the patch size
-        - labels: (B, C)
-        - text: (K, D)
+        - images: (B, 3, H, W) normalised (sides: multiples of the patch size)
+        - labels: (B, C), text: (K, D)
         - output.cams: (B, C, H / p, W / p)
+
+    Examples:
+        >>> import torch
+        >>> from cdclip.testing import tiny_clip_backbone
+        >>> backbone = tiny_clip_backbone()
+        >>> text = backbone.encode_text(["a cat.", "a dog."])
+        >>> result = PatchTextCAM()(backbone, torch.randn(1, 3, 64, 48), torch.tensor([[1.0, 1.0]]), text)
+        >>> result.cams.shape, bool(result.cams.max() <= 1.0)
+        (torch.Size([1, 2, 4, 3]), True)
     """
 
     needs_grad = False
@@ -86,6 +94,11 @@ class PatchTextCAM(nn.Module):
         self.scales, self.flip = tuple(float(s) for s in scales), bool(flip)
 
     def cams_from_output(self, output: CLIPOutput, text: Tensor, labels: Tensor, logit_scale: float | None = None) -> Tensor:
+        """Patch–text CAMs of one forward's dense features (``logit_scale`` is not used).
+
+        Shape:
+            - output: (B, C, h, w) for labels (B, C)
+        """
         return patch_text_cam(output.dense, text, labels, output.grid)
 
     def forward(

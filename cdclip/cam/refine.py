@@ -10,6 +10,7 @@
   and background words), fused with the attention as the name says.
 
 All of it delegates to :class:`cdclip.affinity.cda.CDAModule`, so switching methods is one argument.
+(The refinement of masks along image edges, PAR and the dense CRF, is :mod:`cdclip.refine`.)
 Only each image's present classes are refined, packed into slots (:mod:`cdclip.cam.slots`), so
 COCO's 80 classes and batches with different classes per image cost what their labels need.
 
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cdclip._checks import (
+    check_choice,
     check_finite,
     check_floating,
     check_int,
@@ -38,10 +40,9 @@ from cdclip.affinity.cda import CDAModule, class_probs_from_features
 from cdclip.backbones.output import CLIPOutput
 from cdclip.cam.multiscale import check_labels
 from cdclip.cam.slots import class_slots, gather_slots, scatter_slots
+from cdclip.choices import REFINE_METHODS, RefineMethod
 
 __all__ = ["REFINE_METHODS", "CAMRefiner", "attention_affinity", "decoder_refined_attention", "refine_cams"]
-
-REFINE_METHODS: tuple[str, ...] = ("none", "attn", "mean", "replace", "product")
 
 
 def attention_affinity(attn: Tensor, last: int = 8) -> Tensor:
@@ -104,7 +105,7 @@ def refine_cams(
     labels: Tensor,
     output: CLIPOutput,
     text: Tensor | None = None,
-    method: str = "mean",
+    method: RefineMethod = "mean",
     cda: CDAModule | None = None,
     attn_layers: int = 8,
     logit_scale: float = 100.0,
@@ -132,8 +133,7 @@ def refine_cams(
         - attention: (B, N, N)
         - output: (B, C, h, w)
     """
-    if method not in REFINE_METHODS:
-        raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
+    check_choice(method, "method", REFINE_METHODS)
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
     check_nonempty(cams, "cams", "B C h w")
@@ -183,12 +183,23 @@ class CAMRefiner(nn.Module):
         - labels: (B, C)
         - text: (K, D)
         - output: (B, C, h, w)
+
+    Examples:
+        >>> import torch
+        >>> from cdclip.testing import tiny_clip_backbone
+        >>> clip = tiny_clip_backbone()
+        >>> output = clip(torch.randn(1, 3, 64, 64), attn_blocks=2)
+        >>> text = clip.encode_text(["a cat.", "a dog.", "grass."])
+        >>> cams, labels = torch.rand(1, 2, 4, 4), torch.tensor([[1.0, 1.0]])
+        >>> CAMRefiner("mean", attn_layers=2)(cams, labels, output, text).shape   # CDA fused with attention
+        torch.Size([1, 2, 4, 4])
     """
 
-    def __init__(self, method: str = "mean", attn_layers: int = 8, logit_scale: float = 100.0, **cda_kwargs: Any):
+    def __init__(
+        self, method: RefineMethod = "mean", attn_layers: int = 8, logit_scale: float = 100.0, **cda_kwargs: Any
+    ) -> None:
         super().__init__()
-        if method not in REFINE_METHODS:
-            raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
+        check_choice(method, "method", REFINE_METHODS)
         self.method, self.attn_layers, self.logit_scale = method, int(attn_layers), float(logit_scale)
         fusion = method if method in ("attn", "mean", "replace", "product") else "attn"
         self.cda = CDAModule(fusion=fusion, **cda_kwargs)  # type: ignore[arg-type]

@@ -56,6 +56,13 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _input_arguments(parser)
+    _model_arguments(parser)
+    _method_arguments(parser)
+    _output_arguments(parser)
+
+
+def _input_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (one of)")
     group = src.add_mutually_exclusive_group()
     group.add_argument("--images", type=Path, help="folder of images (labels from --classes)")
@@ -74,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--skip-bad", default=None, action=argparse.BooleanOptionalAction,
                      help="skip (and count) unreadable images (default: on for --images, off for datasets)")
 
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
     preset = parser.add_argument_group("preset (flags below override it)")
     preset.add_argument("--preset", default=None,
                         help="a shipped preset, e.g. clip-es, weclip-voc, cdclip-voc (default: cdclip-voc, "
@@ -97,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--normalize", default=None, choices=("clip", "imagenet"),
                        help="image statistics for CLIP's input (CLIP-ES: clip; WeCLIP: imagenet)")
 
+
+
+def _method_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("method")
     method.add_argument("--cam", default=None, choices=("gradcam", "patch_text"))
     method.add_argument("--cam-target", default=None, choices=("ln1_out", "block_in"),
@@ -124,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--par-scale", type=float, default=None,
                         help="resolution of PAR relative to the image (0.5 is 4x cheaper)")
 
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="output folder (required)")
     out.add_argument("--overwrite", action="store_true",
@@ -394,14 +410,15 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | None:
     """What this run is asked for, for the completion record; ``None`` when the run must go the full way.
 
     ``--overwrite`` recomputes, shards and torchrun processes share a folder (and merge their
-    scores), so none of those is ever answered from the record. The device is left out: settings
-    do not depend on it. The torch version is in: it decides random weights.
+    scores), so none of those is ever answered from the record. The torch version is in: it
+    decides random weights.
     """
     from importlib.metadata import PackageNotFoundError, version
 
     if args.overwrite or args.shard is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
-    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "device"}
+    # the device does not change the settings; --out is where the record lives (a moved folder still matches)
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("device", "out")}
     try:
         arguments["torch_version"] = version("torch")
     except PackageNotFoundError:

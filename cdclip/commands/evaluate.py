@@ -69,16 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
-    if args.voc is not None:
-        from cdclip.data.voc import VOCSegmentation
+    from cdclip.commands._datasets import dataset_from_args
 
-        split = args.split or "val"
-        return VOCSegmentation(args.voc, split, mask_dir=args.mask_dir, require_labels=False,
-                               skip_bad=args.skip_bad), split
-    from cdclip.data.coco import COCOSegmentation
-
-    split = args.split or "val2014"
-    return COCOSegmentation(args.coco, split, mask_dir=args.mask_dir, skip_bad=args.skip_bad), split
+    dataset, _, split = dataset_from_args(
+        args, {"voc": "val", "coco": "val2014"}, mask_dir=args.mask_dir, require_labels=False, skip_bad=args.skip_bad
+    )
+    return dataset, split
 
 
 def _print_result(metrics: dict[str, Any], out: Path) -> None:

@@ -51,14 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args: argparse.Namespace, class_names: tuple[str, ...]) -> tuple[Any, str]:
-    if args.voc is not None:
-        from cdclip.data.voc import VOCSegmentation
+    if args.voc is not None or args.coco is not None:
+        from cdclip.commands._datasets import dataset_from_args
 
-        return VOCSegmentation(args.voc, args.split or "val", require_labels=False), "voc"
-    if args.coco is not None:
-        from cdclip.data.coco import COCOSegmentation
-
-        return COCOSegmentation(args.coco, args.split or "val2014"), "coco"
+        dataset, palette, _ = dataset_from_args(args, {"voc": "val", "coco": "val2014"}, require_labels=False)
+        return dataset, palette
     from cdclip.data.folder import ImageFolder
 
     if not args.images.is_dir():

@@ -177,14 +177,10 @@ def _clip(args: argparse.Namespace, class_names: tuple[str, ...]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
-    from cdclip.commands.output_folder import check_folder_settings, classes_table, is_complete
-    from cdclip.data.palette import load_label_png, save_label_png
+    from cdclip.atomic import atomic_write_text, remove_stale_temps
+    from cdclip.commands.output_folder import check_folder_settings, classes_table
     from cdclip.folder_lock import folder_lock
     from cdclip.metrics import ConfusionMatrix
-    from cdclip.pipeline.cam_eval import find_cam_file
     from cdclip.run_settings import write_settings
 
     if not args.cams.is_dir():
@@ -192,47 +188,82 @@ def run(args: argparse.Namespace) -> int:
     dataset, palette = _dataset(args)
     names = ("background", *dataset.class_names)
     clip = _clip(args, tuple(dataset.class_names))
-    settings = {"format": "cdclip-refine-v1", "cams": str(args.cams.resolve()), "cam_key": args.cam_key,
-                "clip": {"weights": args.weights, "backbone": args.backbone, "fusion": args.fusion,
-                         "fingerprint": _fingerprint(clip)},
-                "split": args.split, "cda": {k: getattr(args, k) for k in ("patch", "temperature", "box_threshold",
-                "sigma", "bg_alpha", "bg_threshold")}}  # fmt: skip
+    settings = _settings(args, clip)
     out: Path = args.out
     matrix = ConfusionMatrix(len(names), ignore_index=255)
-    computed = skipped = scored = 0
-    missing: list[str] = []
     with folder_lock(out, ".refine.lock"):
         remove_stale_temps(out)
         check_folder_settings(out, settings, args.overwrite, ("pseudo", "refined"))
         write_settings(out / "settings.json", settings)
         atomic_write_text(out / "classes.json", classes_table(tuple(dataset.class_names)))
-        total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
-        for index in tqdm(range(total), desc="cdclip refine", unit="img"):
-            name = dataset.names[index]
-            source = find_cam_file(args.cams, name)
-            if source is None:
-                missing.append(name)
-                continue
-            item = dataset.load(index)
-            png, npz = out / "pseudo" / f"{name}.png", out / "refined" / f"{name}.npz"
-            if not args.overwrite and png.is_file() and npz.is_file() and is_complete(png) and is_complete(npz):
-                label, skipped = torch.from_numpy(load_label_png(png)), skipped + 1
-            else:
-                size = tuple(item["mask"].shape) if "mask" in item else tuple(item["image"].shape[-2:])
-                keys, maps, src = _read(source, args.cam_key, np.asarray(item["labels"]) > 0)
-                image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)
-                refined, label = _refine_one(keys, maps, src, size, args, clip, image)
-                with atomic_path(npz) as tmp:
-                    np.savez_compressed(tmp, keys=keys, cams=_to_grid(maps, size, args.patch).numpy().astype(np.float16),
-                                        refined=refined.numpy().astype(np.float16), size=np.asarray(size))  # fmt: skip
-                with atomic_path(png) as tmp:
-                    save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
-                computed += 1
-            if item.get("mask") is not None:
-                matrix.update(label, torch.as_tensor(item["mask"]).as_subclass(torch.Tensor))
-                scored += 1
+        computed, skipped, scored, missing = _refine_all(args, dataset, palette, clip, matrix)
         _report(out, matrix, names, computed, skipped, scored, missing)
     return 0
+
+
+def _settings(args: argparse.Namespace, clip: Any) -> dict[str, Any]:
+    """What the outputs depend on (``settings.json``): a rerun with other settings is refused."""
+    return {"format": "cdclip-refine-v1", "cams": str(args.cams.resolve()), "cam_key": args.cam_key,
+            "clip": {"weights": args.weights, "backbone": args.backbone, "fusion": args.fusion,
+                     "fingerprint": _fingerprint(clip)},
+            "split": args.split, "cda": {k: getattr(args, k) for k in ("patch", "temperature", "box_threshold",
+            "sigma", "bg_alpha", "bg_threshold")}}  # fmt: skip
+
+
+def _refine_all(args: argparse.Namespace, dataset: Any, palette: str, clip: Any,
+                matrix: Any) -> tuple[int, int, int, list[str]]:  # fmt: skip
+    """Refine (or read back) every image with a CAM file, scoring those with a mask into ``matrix``.
+
+    Returns:
+        ``(computed, skipped (existing outputs), scored, names without a CAM file)``.
+    """
+    from tqdm import tqdm
+
+    from cdclip.commands.output_folder import is_complete
+    from cdclip.data.palette import load_label_png
+    from cdclip.pipeline.cam_eval import find_cam_file
+
+    computed = skipped = scored = 0
+    missing: list[str] = []
+    total = len(dataset) if args.limit is None else min(len(dataset), args.limit)
+    for index in tqdm(range(total), desc="cdclip refine", unit="img"):
+        name = dataset.names[index]
+        source = find_cam_file(args.cams, name)
+        if source is None:
+            missing.append(name)
+            continue
+        item = dataset.load(index)
+        png, npz = args.out / "pseudo" / f"{name}.png", args.out / "refined" / f"{name}.npz"
+        if not args.overwrite and png.is_file() and npz.is_file() and is_complete(png) and is_complete(npz):
+            label, skipped = torch.from_numpy(load_label_png(png)), skipped + 1
+        else:
+            label, computed = _refine_item(args, item, source, clip, png, npz, palette), computed + 1
+        if item.get("mask") is not None:
+            matrix.update(label, torch.as_tensor(item["mask"]).as_subclass(torch.Tensor))
+            scored += 1
+    return computed, skipped, scored, missing
+
+
+def _refine_item(args: argparse.Namespace, item: dict[str, Any], source: Path, clip: Any, png: Path, npz: Path,
+                 palette: str) -> torch.Tensor:  # fmt: skip
+    """Refine one image's CAM file; write ``refined/<name>.npz`` and ``pseudo/<name>.png`` atomically.
+
+    Shape:
+        - output: (H, W) pseudo label (class ids)
+    """
+    from cdclip.atomic import atomic_path
+    from cdclip.data.palette import save_label_png
+
+    size = tuple(item["mask"].shape) if "mask" in item else tuple(item["image"].shape[-2:])
+    keys, maps, src = _read(source, args.cam_key, np.asarray(item["labels"]) > 0)
+    image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)
+    refined, label = _refine_one(keys, maps, src, size, args, clip, image)
+    with atomic_path(npz) as tmp:
+        np.savez_compressed(tmp, keys=keys, cams=_to_grid(maps, size, args.patch).numpy().astype(np.float16),
+                            refined=refined.numpy().astype(np.float16), size=np.asarray(size))  # fmt: skip
+    with atomic_path(png) as tmp:
+        save_label_png(tmp, label.numpy().astype(np.uint8), palette=palette)
+    return label
 
 
 def _fingerprint(clip: Any) -> str | None:
@@ -242,13 +273,11 @@ def _fingerprint(clip: Any) -> str | None:
 
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, str]:
-    if args.voc is not None:
-        from cdclip.data.voc import VOCSegmentation
+    """The dataset and its palette name (``"voc"`` or ``"coco"``)."""
+    from cdclip.commands._datasets import dataset_from_args
 
-        return VOCSegmentation(args.voc, args.split or "train"), "voc"
-    from cdclip.data.coco import COCOSegmentation
-
-    return COCOSegmentation(args.coco, args.split or "train2014"), "coco"
+    dataset, palette, _ = dataset_from_args(args, {"voc": "train", "coco": "train2014"})
+    return dataset, palette
 
 
 def _report(out: Path, matrix: Any, names: tuple[str, ...], computed: int, skipped: int, scored: int,

@@ -21,53 +21,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cdclip.choices import AMPS
+
 __all__ = ["add_arguments", "build_config", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cfg = parser.add_argument_group("configuration")
-    cfg.add_argument(
-        "--config", type=Path, default=None, help="YAML file with config sections (model, data, ...)"
-    )
-    cfg.add_argument(
-        "--preset",
-        default=None,
-        help="a shipped preset: weclip-voc, weclip-coco, cdclip-voc, cdclip-coco, ablation-* "
-        "(see --list-presets; default: cdclip-voc, or cdclip-coco when --config names coco)",
-    )
+    cfg.add_argument("--config", type=Path, default=None, help="YAML file with config sections (model, data, ...)")
+    cfg.add_argument("--preset", default=None,
+                     help="a shipped preset: weclip-voc, weclip-coco, cdclip-voc, cdclip-coco, ablation-* "
+                     "(see --list-presets; default: cdclip-voc, or cdclip-coco when --config names coco)")
     cfg.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    cfg.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; VALUE parsed as YAML)",
-    )
+    cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set optim.lr=1e-4 (repeatable; VALUE parsed as YAML)")
     cfg.add_argument("--print-config", action="store_true", help="print the final config as YAML and exit")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", type=Path, default=None, help="VOC2012 or COCO folder (data.root)")
-    data.add_argument(
-        "--split", default=None, help="training split (data.split; VOC train_aug, COCO train2014)"
-    )
+    data.add_argument("--split", default=None, help="training split (data.split; VOC train_aug, COCO train2014)")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (data.num_workers)")
     data.add_argument("--batch-size", type=int, default=None, help="images per iteration (data.batch_size)")
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--weights",
-        default=None,
-        help="CLIP checkpoint path or open_clip tag; 'none' = random weights (smoke tests)",
-    )
-    model.add_argument(
-        "--dino-weights",
-        default=None,
-        help="DINO weight file; 'none' = random weights (smoke tests); default: HF cache",
-    )
-    model.add_argument(
-        "--no-sbe", action="store_true", help="switch SBE off (loss.lambda_be=0, DINO not loaded)"
-    )
+    model.add_argument("--weights", default=None,
+                       help="CLIP checkpoint path or open_clip tag; 'none' = random weights (smoke tests)")
+    model.add_argument("--dino-weights", default=None,
+                       help="DINO weight file; 'none' = random weights (smoke tests); default: HF cache")
+    model.add_argument("--no-sbe", action="store_true", help="switch SBE off (loss.lambda_be=0, DINO not loaded)")
 
     run_ = parser.add_argument_group("run")
     run_.add_argument("--out", type=Path, default=None, help="output folder (out_dir)")
@@ -76,9 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
     run_.add_argument("--skip-bad", action="store_true", help="skip (and count) images with missing or broken files")
     run_.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
-    run_.add_argument(
-        "--amp", default=None, choices=("none", "bf16", "fp16"), help="decoder mixed precision (CUDA)"
-    )
+    run_.add_argument("--amp", default=None, choices=AMPS, help="decoder mixed precision (CUDA)")
     run_.add_argument("--seed", type=int, default=None,
                       help="seeds everything: random backbones, decoder, data order, augmentation (default 0)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,8 +9,9 @@ not import torchvision's transforms or pycocotools.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cdclip._lazy import lazy_attributes
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -52,53 +53,10 @@ _LAZY: dict[str, str] = {
     "heatmap": "cdclip.data.palette",
 }
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "COCO_CATEGORY_IDS",
-    "COCO_CLASSES",
-    "COCO_CLASSES_WITH_BG",
-    "COCO_ID_TO_INDEX",
-    "VOC_CLASSES",
-    "VOC_CLASSES_WITH_BG",
-    "COCOSegmentation",
-    "DataFileError",
-    "ImageFolder",
-    "MissingFilesError",
-    "RandomRescale",
-    "VOCSegmentation",
-    "class_names",
-    "coco_labels",
-    "coco_palette",
-    "coco_semantic_mask",
-    "colorize",
-    "denormalize",
-    "eval_transform",
-    "heatmap",
-    "load_label_png",
-    "normalize",
-    "overlay",
-    "read_image",
-    "read_mask",
-    "read_split",
-    "save_label_png",
-    "train_transform",
-    "voc_labels_from_xml",
-    "voc_palette",
-]
-assert sorted(__all__) == sorted(_LAZY)
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # cache: later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module 'cdclip.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

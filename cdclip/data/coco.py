@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
+from cdclip.constants import VOID
 from cdclip.data._io import (
     DataFileError,
     SegmentationDataset,
@@ -41,10 +42,9 @@ from cdclip.data._io import (
     read_split,
 )
 from cdclip.data.classnames import COCO_CATEGORY_IDS, COCO_CLASSES, COCO_ID_TO_INDEX
+from cdclip.data.datasets import find_mask_dir
 
 __all__ = ["COCOSegmentation", "coco_labels", "coco_semantic_mask", "load_coco_index"]
-
-VOID = 255
 
 
 def _mask_api() -> Any:
@@ -197,12 +197,7 @@ class COCOSegmentation(SegmentationDataset):
         self.image_dir = self.root / (image_dir if image_dir is not None else split)
         images, self._annotations = load_coco_index(self.annotation_file)
 
-        if split_file is not None:
-            wanted = set(read_split(split_file))
-            images = [im for im in images if Path(im["file_name"]).stem in wanted or str(im["id"]) in wanted
-                      or f"{int(im['id']):012d}" in wanted]
-        if drop_unlabelled:
-            images = [im for im in images if coco_labels(self._annotations.get(int(im["id"]), [])).any()]
+        images = self._select_images(images, split_file, drop_unlabelled)
         self._images = {Path(im["file_name"]).stem: im for im in images}
         self.names = list(self._images)
 
@@ -210,18 +205,24 @@ class COCOSegmentation(SegmentationDataset):
         self.label_file = Path(label_file) if label_file is not None else None
         if self.label_file is not None:
             self._labels = load_label_dict(self.label_file, self.num_classes)
+        self.mask_dir: Path | None = find_mask_dir(self.root, mask_dir, (self.root / "SegmentationClass" / split,))
+        self._drop_missing_files()
 
-        if mask_dir is not None:
-            self.mask_dir: Path | None = self.root / mask_dir
-            if not self.mask_dir.is_dir():
-                raise FileNotFoundError(f"mask_dir: folder not found: {self.mask_dir}")
-        else:
-            default = self.root / "SegmentationClass" / split
-            self.mask_dir = default if default.is_dir() else None
+    def _select_images(
+        self, images: list[dict[str, Any]], split_file: str | os.PathLike[str] | None, drop_unlabelled: bool
+    ) -> list[dict[str, Any]]:
+        """The images of ``split_file`` (stems or ids), without the unlabelled ones if asked."""
+        if split_file is not None:
+            wanted = set(read_split(split_file))
+            images = [im for im in images if Path(im["file_name"]).stem in wanted or str(im["id"]) in wanted
+                      or f"{int(im['id']):012d}" in wanted]
+        if drop_unlabelled:
+            images = [im for im in images if coco_labels(self._annotations.get(int(im["id"]), [])).any()]
+        return images
 
-        image_files = {
-            e.name for e in os.scandir(self.image_dir)
-        } if self.image_dir.is_dir() else set()
+    def _drop_missing_files(self) -> None:
+        """Every image without its JPEG, mask or label, reported at once (or skipped with ``skip_bad``)."""
+        image_files = {e.name for e in os.scandir(self.image_dir)} if self.image_dir.is_dir() else set()
         self._drop_missing(
             [(n, self.image_dir / self._images[n]["file_name"]) for n in self.names
              if self._images[n]["file_name"] not in image_files],

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cdclip.constants import VOID
+
 __all__ = [
     "coco_palette",
     "colorize",
@@ -33,8 +35,6 @@ __all__ = [
     "save_label_png",
     "voc_palette",
 ]
-
-VOID = 255
 
 
 def voc_palette(n: int = 256) -> np.ndarray:

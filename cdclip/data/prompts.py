@@ -19,7 +19,9 @@ class lists are first class: :func:`prompt_names` returns unknown names unchange
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
 
+from cdclip.choices import check_choice
 from cdclip.data.classnames import COCO_CLASSES, VOC_CLASSES
 
 __all__ = [
@@ -80,11 +82,12 @@ PLAIN_NAMES: dict[str, str] = {
     "motorbike": "motorbike",
 }
 
-_STYLES = ("clip_es", "plain", "raw")
+PromptStyle = Literal["clip_es", "plain", "raw"]
+_STYLES: tuple[str, ...] = get_args(PromptStyle)
 
 
 def prompt_names(
-    names: Sequence[str], style: str = "clip_es", overrides: Mapping[str, str] | None = None
+    names: Sequence[str], style: PromptStyle = "clip_es", overrides: Mapping[str, str] | None = None
 ) -> tuple[str, ...]:
     """The phrase put into the templates for each class name.
 
@@ -94,8 +97,7 @@ def prompt_names(
             ``"raw"`` (names unchanged).
         overrides: per-name replacements applied last.
     """
-    if style not in _STYLES:
-        raise ValueError(f"style: expected one of {_STYLES}, got {style!r}")
+    check_choice(style, "style", _STYLES)
     if isinstance(names, str):
         raise TypeError("names: expected a sequence of class names, got a single str")
     out = []

@@ -20,13 +20,16 @@ Shape:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from cdclip.choices import PAD_FILLS, PadFill, check_choice
+from cdclip.constants import CLIP_MEAN, CLIP_STD, VOID
 
 __all__ = [
     "CLIP_MEAN",
@@ -42,25 +45,19 @@ __all__ = [
     "train_transform",
 ]
 
-# CLIP's image statistics (open_clip OPENAI_DATASET_MEAN / STD)
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
 # ImageNet statistics on the 0–1 scale; WeCLIP applies them on the 0–255 scale (123.675, ...),
 # which is the same normalisation
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-VOID = 255
+Normalization = Literal["clip", "imagenet"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 
-def normalization_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def normalization_stats(name: Normalization) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """``(mean, std)`` of ``"clip"`` (OpenAI CLIP) or ``"imagenet"`` (WeCLIP) on the 0–1 scale."""
-    if name == "clip":
-        return CLIP_MEAN, CLIP_STD
-    if name == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
-    raise ValueError(f"normalize: expected one of ('clip', 'imagenet'), got {name!r}")
+    check_choice(name, "normalize", NORMALIZATIONS)
+    return (CLIP_MEAN, CLIP_STD) if name == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 class RandomRescale(v2.Transform):
@@ -129,7 +126,7 @@ def train_transform(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     pure_tensors: bool = True,
-    pad_fill: str = "mean",
+    pad_fill: PadFill = "mean",
 ) -> v2.Compose:
     """Training augmentation: rescale, flip, crop (mask padded with 255), normalise.
 
@@ -148,8 +145,7 @@ def train_transform(
     """
     if not isinstance(crop_size, int) or crop_size < 1:
         raise ValueError(f"crop_size: expected a positive int, got {crop_size!r}")
-    if pad_fill not in ("mean", "black"):
-        raise ValueError(f"pad_fill: expected one of ('mean', 'black'), got {pad_fill!r}")
+    check_choice(pad_fill, "pad_fill", PAD_FILLS)
     fill = _mean_colour(mean) if pad_fill == "mean" else [0, 0, 0]
     steps: list[Any] = [
         RandomRescale(scale_range),

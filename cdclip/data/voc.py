@@ -34,6 +34,7 @@ from cdclip.data._io import (
     read_split,
 )
 from cdclip.data.classnames import VOC_CLASSES
+from cdclip.data.datasets import find_mask_dir
 
 __all__ = ["VOCSegmentation", "voc_labels_from_xml"]
 
@@ -117,20 +118,19 @@ class VOCSegmentation(SegmentationDataset):
         self.names = read_split(self.split_file)
         self.image_dir = self.root / image_dir
         is_test = self.split == "test"
+        masks = (self.root / "SegmentationClassAug", self.root / "SegmentationClass")
+        self.mask_dir: Path | None = find_mask_dir(self.root, mask_dir, () if is_test else masks)
+        self._find_labels(label_file)
+        needs_labels = (not is_test) if require_labels is None else require_labels
+        if needs_labels and self._labels is None and self.annotation_dir is None:
+            raise FileNotFoundError(
+                f"label_file: no image-level labels for {self.root}: expected cls_labels_onehot.npy or "
+                "Annotations/*.xml there, or pass label_file=; labels are never read from masks"
+            )
+        self._drop_missing_files()
 
-        # masks
-        self.mask_dir: Path | None
-        if mask_dir is not None:
-            self.mask_dir = self.root / mask_dir
-            if not self.mask_dir.is_dir():
-                raise FileNotFoundError(f"mask_dir: folder not found: {self.mask_dir}")
-        elif is_test:
-            self.mask_dir = None
-        else:
-            candidates = [self.root / "SegmentationClassAug", self.root / "SegmentationClass"]
-            self.mask_dir = next((c for c in candidates if c.is_dir()), None)
-
-        # labels
+    def _find_labels(self, label_file: str | os.PathLike[str] | None) -> None:
+        """The label source: ``label_file``, else ``cls_labels_onehot.npy``, else ``Annotations/*.xml``."""
         self.label_file: Path | None = None
         self.annotation_dir: Path | None = None
         self._labels: dict[str, np.ndarray] | None = None
@@ -142,18 +142,11 @@ class VOCSegmentation(SegmentationDataset):
             self.annotation_dir = self.root / "Annotations"
         if self.label_file is not None:
             self._labels = load_label_dict(self.label_file, self.num_classes)
-        needs_labels = (not is_test) if require_labels is None else require_labels
-        if needs_labels and self._labels is None and self.annotation_dir is None:
-            raise FileNotFoundError(
-                f"label_file: no image-level labels for {self.root}: expected cls_labels_onehot.npy or "
-                "Annotations/*.xml there, or pass label_file=; labels are never read from masks"
-            )
 
-        # every missing file, reported at once
-        missing: list[tuple[str, Path]] = []
+    def _drop_missing_files(self) -> None:
+        """Every split id without an image, mask or label, reported at once (or skipped with ``skip_bad``)."""
         images = list_stems(self.image_dir, ".jpg")
-        missing += [(n, self.image_dir / f"{n}.jpg") for n in self.names if n not in images]
-        self._drop_missing(missing, "image(s)")
+        self._drop_missing([(n, self.image_dir / f"{n}.jpg") for n in self.names if n not in images], "image(s)")
         if self.mask_dir is not None:
             masks = list_stems(self.mask_dir, ".png")
             self._drop_missing([(n, self.mask_dir / f"{n}.png") for n in self.names if n not in masks], "mask(s)")

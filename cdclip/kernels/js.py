@@ -33,7 +33,6 @@ Backends of :func:`pairwise_js` (the ``backend`` argument):
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from cdclip._checks import (
+    check_choice,
     check_distributions,
     check_floating,
     check_int,
@@ -52,11 +52,11 @@ from cdclip._checks import (
     compute_dtype,
     full_precision,
 )
+from cdclip.constants import LN2
 from cdclip.registry import register
 
 __all__ = ["JSDivergence", "js_divergence", "pairwise_js"]
 
-LN2 = math.log(2.0)
 # Rows may miss 1 by this much: a distribution rounded to bfloat16 once is off by up to 2**-9, and
 # a missing softmax is off by far more.
 ROW_SUM_ATOL = 1e-2
@@ -73,8 +73,7 @@ DEVICE_BLOCK_ELEMENTS = 1 << 24
 
 
 def _check_backend(backend: object) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    check_choice(backend, "backend", BACKENDS)
 
 
 def _tiny(dtype: torch.dtype) -> float:
@@ -86,8 +85,8 @@ def _sum_xlogx(x: Tensor) -> Tensor:
     return (x * x.clamp_min(_tiny(x.dtype)).log()).sum(-1)
 
 
-def _check_probs(x: object, name: str, pattern: str) -> Tensor:
-    """Shape, dtype and emptiness checks (the O(N·K) value check is :func:`check_distributions`)."""
+def _check_prob_layout(x: object, name: str, pattern: str) -> Tensor:
+    """Shape, dtype and emptiness of a probability tensor; its values are :func:`check_distributions`' job."""
     x = check_tensor(x, name)
     check_rank(x, name, pattern)
     check_floating(x, name)
@@ -328,11 +327,11 @@ def pairwise_js(
         - q: (B, M, K)
         - output: (B, N, M)
     """
-    _check_probs(p, "p", "B N K")
+    _check_prob_layout(p, "p", "B N K")
     symmetric = q is None or q is p
     if q is None:
         q = p
-    _check_probs(q, "q", "B M K")
+    _check_prob_layout(q, "q", "B M K")
     if q.shape[0] != p.shape[0] or q.shape[2] != p.shape[2]:
         raise ValueError(
             f"q: expected shape (B={p.shape[0]}, M, K={p.shape[2]}) to match p {tuple(p.shape)}, got {tuple(q.shape)}"
@@ -347,48 +346,79 @@ def pairwise_js(
 
 
 def _pairwise_js_checked(p: Tensor, q: Tensor, symmetric: bool, block_elements: int | None, backend: str) -> Tensor:
-    """:func:`pairwise_js` on inputs whose shapes and values were validated (CDA checks them once)."""
+    """:func:`pairwise_js` on inputs whose shapes and values were validated (CDA checks them once).
+
+    Dispatches to one backend: the C kernel (CPU float32 without autograd, ``auto``/``native``),
+    the out-of-place torch blocks (autograd) or the in-place torch blocks (``torch``/``compile``).
+    """
     if block_elements is None:
         block_elements = DEFAULT_BLOCK_ELEMENTS if p.device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
     dtype = torch.promote_types(compute_dtype(p), compute_dtype(q))
     p = p.to(dtype).contiguous()
     q = p if symmetric else q.to(dtype).contiguous()
-    b, n, k = p.shape
-    m = q.shape[1]
-
     needs_grad = torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)
     if not needs_grad and backend in ("auto", "native") and p.device.type == "cpu" and dtype == torch.float32:
         library = _native_library(requested=backend == "native")
         if library is not None:
             return _native_pairwise(library, p, q, symmetric)
+    if needs_grad:
+        return _pairwise_autograd(p, q, symmetric, block_elements)
+    return _pairwise_blocked(p, q, symmetric, block_elements, use_compile=backend == "compile")
 
-    self_p = _sum_xlogx(p)  # (B, N)
+
+def _row_terms(p: Tensor, q: Tensor, symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(Σ p log p, Σ q log q, Σ p, Σ q)`` per row, each computed once when ``q`` is ``p``.
+
+    Shape:
+        - p: (B, N, K)
+        - q: (B, M, K)
+        - output: (B, N), (B, M), (B, N), (B, M)
+    """
+    self_p = _sum_xlogx(p)
     self_q = self_p if symmetric else _sum_xlogx(q)
     mass_p = p.sum(-1)
     mass_q = mass_p if symmetric else q.sum(-1)
+    return self_p, self_q, mass_p, mass_q
 
-    if needs_grad:
-        # autograd path: out-of-place blocks, concatenated
-        rows = max(1, block_elements // max(1, b * m * k))
-        q_t = q.transpose(1, 2)
-        cross = torch.cat([_cross_block(p[:, a : a + rows], q_t, None, None) for a in range(0, n, rows)], dim=1)
-        base = 0.5 * (self_p.unsqueeze(2) + self_q.unsqueeze(1)) + 0.5 * LN2 * (mass_p.unsqueeze(2) + mass_q.unsqueeze(1))
-        out = (base - 0.5 * cross).clamp(0.0, LN2)
-        if symmetric:  # JS(p, p) = 0 exactly, not a rounding residue
-            out = out.masked_fill(torch.eye(n, dtype=torch.bool, device=p.device), 0.0)
-        return out
 
-    use_compile = backend == "compile"
+def _pairwise_autograd(p: Tensor, q: Tensor, symmetric: bool, block_elements: int) -> Tensor:
+    """The torch backend with autograd: out-of-place row blocks, concatenated.
 
-    # no-grad path: every N x M temporary is the output itself, updated in place.
-    # out = Σ s log s - Σ p log p - Σ q log q - log 2 · Σ s, then scaled by -½ at the end
+    Shape:
+        - p: (B, N, K)
+        - q: (B, M, K)
+        - output: (B, N, M)
+    """
+    b, n, k = p.shape
+    m = q.shape[1]
+    self_p, self_q, mass_p, mass_q = _row_terms(p, q, symmetric)
+    rows = max(1, block_elements // max(1, b * m * k))
+    q_t = q.transpose(1, 2)
+    cross = torch.cat([_cross_block(p[:, a : a + rows], q_t, None, None) for a in range(0, n, rows)], dim=1)
+    base = 0.5 * (self_p.unsqueeze(2) + self_q.unsqueeze(1)) + 0.5 * LN2 * (mass_p.unsqueeze(2) + mass_q.unsqueeze(1))
+    out = (base - 0.5 * cross).clamp(0.0, LN2)
+    if symmetric:  # JS(p, p) = 0 exactly, not a rounding residue
+        out = out.masked_fill(torch.eye(n, dtype=torch.bool, device=p.device), 0.0)
+    return out
+
+
+def _pairwise_blocked(p: Tensor, q: Tensor, symmetric: bool, block_elements: int, use_compile: bool) -> Tensor:
+    """The torch backend without autograd: every N x M temporary is the output itself, updated in place.
+
+    ``out = Σ s log s − Σ p log p − Σ q log q − log 2 · Σ s``, scaled by −½ at the end; with
+    ``use_compile`` each block is the ``torch.compile`` fused one (eager where compiling fails).
+    Shapes as :func:`_pairwise_autograd`: ``(B, N, K), (B, M, K) -> (B, N, M)``.
+    """
+    b, n, k = p.shape
+    m = q.shape[1]
+    self_p, self_q, mass_p, mass_q = _row_terms(p, q, symmetric)
     has_zeros = bool((p <= 0).any()) or (not symmetric and bool((q <= 0).any()))
-    out = torch.empty(b, n, m, dtype=dtype, device=p.device)
+    out = torch.empty(b, n, m, dtype=p.dtype, device=p.device)
     cap = min(max(block_elements, b * m * k), b * n * m * k)  # at least one row per block
     s_buf = l_buf = None
     if not use_compile:
-        s_buf = torch.empty(cap, dtype=dtype, device=p.device)
-        l_buf = torch.empty(cap, dtype=dtype, device=p.device)
+        s_buf = torch.empty(cap, dtype=p.dtype, device=p.device)
+        l_buf = torch.empty(cap, dtype=p.dtype, device=p.device)
 
     def block(p_rows: Tensor, cols: Tensor) -> Tensor:
         if use_compile:
@@ -408,6 +438,18 @@ def _pairwise_js_checked(p: Tensor, q: Tensor, symmetric: bool, block_elements: 
         else:
             out[:, a:e] = block(p[:, a:e], q_t)
         a = e
+    return _finish_in_place(out, self_p, self_q, mass_p, mass_q, symmetric)
+
+
+def _finish_in_place(
+    out: Tensor, self_p: Tensor, self_q: Tensor, mass_p: Tensor, mass_q: Tensor, symmetric: bool
+) -> Tensor:
+    """``Σ s log s`` blocks → JS in place: mirror the upper triangle (symmetric), subtract the row terms, scale.
+
+    Shape:
+        - out: (B, N, M)
+        - output: (B, N, M), the same tensor
+    """
     if symmetric:
         # the lower triangle was never written: keep the upper one and add its mirror
         mirror = torch.triu(out, diagonal=1).transpose(1, 2)
@@ -433,6 +475,13 @@ class JSDivergence(nn.Module):
         - p: (B, N, K)
         - q: (B, M, K), optional (defaults to p)
         - output: (B, N, M)
+
+    Examples:
+        >>> import torch
+        >>> p = torch.softmax(torch.randn(2, 5, 4), dim=-1)   # 5 distributions over 4 classes per image
+        >>> js = JSDivergence(backend="torch")(p)
+        >>> js.shape, bool((js.diagonal(dim1=1, dim2=2) == 0).all())
+        (torch.Size([2, 5, 5]), True)
     """
 
     def __init__(self, block_elements: int | None = None, backend: Backend = "auto") -> None:

@@ -20,13 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank, check_tensor, compute_dtype
+from cdclip._checks import (
+    check_choice,
+    check_floating,
+    check_integer_labels,
+    check_rank,
+    check_tensor,
+    compute_dtype,
+)
+from cdclip.choices import SIMILARITIES, Similarity
 from cdclip.distributed import mean_denominator
 from cdclip.registry import register
 
 __all__ = ["SIMILARITIES", "AffinityLoss", "affinity_labels", "affinity_loss", "radius_mask"]
-
-SIMILARITIES = ("sigmoid", "cosine")
 
 
 def radius_mask(grid: tuple[int, int], radius: int, device: torch.device | str | None = None) -> Tensor:
@@ -59,8 +65,7 @@ def affinity_labels(
         - output: (B, h*w, h*w) int64
     """
     check_rank(labels, "labels", "B H W")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels: expected integer class ids, got dtype {labels.dtype}")
+    check_integer_labels(labels, "labels")
     if not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius: expected a non-negative int, got {radius!r}")
     h, w = int(grid[0]), int(grid[1])
@@ -76,7 +81,7 @@ def affinity_loss(
     labels: Tensor,
     radius: int = 8,
     ignore_index: int = 255,
-    similarity: str = "sigmoid",
+    similarity: Similarity = "sigmoid",
 ) -> Tensor:
     """WeCLIP affinity loss between decoder-feature affinities and pseudo-label pairs.
 
@@ -98,8 +103,7 @@ def affinity_loss(
     check_tensor(features, "features")
     check_rank(features, "features", "B D h w")
     check_floating(features, "features")
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
+    check_choice(similarity, "similarity", SIMILARITIES)
     check_rank(labels, "labels", "B H W")
     if labels.shape[0] != features.shape[0]:
         raise ValueError(f"labels: expected batch size B = {features.shape[0]} (from features), got {labels.shape[0]}")
@@ -132,14 +136,19 @@ class AffinityLoss(nn.Module):
         - features: (B, D, h, w)
         - labels: (B, H, W)
         - output: ()
+
+    Examples:
+        >>> import torch
+        >>> loss = AffinityLoss(radius=2)(torch.randn(1, 16, 4, 4), torch.randint(0, 3, (1, 16, 16)))
+        >>> loss.shape, 0.0 <= loss.item() <= 1.0
+        (torch.Size([]), True)
     """
 
-    def __init__(self, radius: int = 8, ignore_index: int = 255, similarity: str = "sigmoid") -> None:
+    def __init__(self, radius: int = 8, ignore_index: int = 255, similarity: Similarity = "sigmoid") -> None:
         super().__init__()
         if not isinstance(radius, int) or radius < 0:
             raise ValueError(f"radius: expected a non-negative int, got {radius!r}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
+        check_choice(similarity, "similarity", SIMILARITIES)
         self.radius = radius
         self.ignore_index = int(ignore_index)
         self.similarity = similarity

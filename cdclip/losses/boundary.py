@@ -36,7 +36,7 @@ from cdclip._checks import (
     full_precision,
 )
 from cdclip.distributed import mean_denominator
-from cdclip.losses.segmentation import REDUCTIONS, balanced_cross_entropy, check_logits_labels
+from cdclip.losses.segmentation import REDUCTIONS, Reduction, balanced_cross_entropy, check_logits_labels
 from cdclip.prototypes.superclass import SBEOutput
 from cdclip.registry import register
 
@@ -58,7 +58,7 @@ def boundary_enhanced_loss(
     labels: Tensor,
     band: Tensor | None,
     ignore_index: int = 255,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     balanced: bool = True,
     resize_logits: bool = False,
 ) -> Tensor:
@@ -87,8 +87,7 @@ def boundary_enhanced_loss(
         - band: (B, H, W)
         - output: () for "mean"/"sum", (B, H, W) for "none"
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    check_choice(reduction, "reduction", REDUCTIONS)
     check_rank(labels, "labels", "B H W")
     check_nonempty(labels, "labels", "B H W")
     check_rank(logits, "logits", "B K H W")
@@ -134,10 +133,19 @@ class BoundaryEnhancedLoss(nn.Module):
         - labels: (B, H, W)
         - band: (B, H, W)
         - output: () or (B, H, W) for reduction="none"
+
+    Examples:
+        >>> import torch
+        >>> logits, labels = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> band = torch.zeros(2, 8, 8, dtype=torch.bool)
+        >>> band[:, 3:5] = True
+        >>> loss = BoundaryEnhancedLoss()(logits, labels, band)
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
     """
 
     def __init__(
-        self, ignore_index: int = 255, reduction: str = "mean", balanced: bool = True, resize_logits: bool = False
+        self, ignore_index: int = 255, reduction: Reduction = "mean", balanced: bool = True, resize_logits: bool = False
     ) -> None:
         super().__init__()
         check_choice(reduction, "reduction", REDUCTIONS)

@@ -12,17 +12,20 @@ still back-propagates. Logits in float16/bfloat16 are computed in float32.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdclip._checks import check_floating, check_rank, compute_dtype
+from cdclip._checks import check_choice, check_floating, check_integer_labels, check_rank, compute_dtype
 from cdclip.distributed import mean_denominator
 from cdclip.registry import register
 
 __all__ = ["REDUCTIONS", "BalancedCrossEntropy", "balanced_cross_entropy", "check_logits_labels"]
 
-REDUCTIONS = ("mean", "sum", "none")
+Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 
 def check_logits_labels(
@@ -34,12 +37,16 @@ def check_logits_labels(
         ValueError: rank, batch or spatial size mismatch (naming both sizes), or label ids out of
             ``0..K-1`` that are not ``ignore_index``.
         TypeError: non-floating logits or non-integer labels.
+
+    Shape:
+        - logits: (B, K, H', W')
+        - labels: (B, H, W)
+        - output: (B, K, H, W)
     """
     check_rank(logits, "logits", "B K H W")
     check_floating(logits, "logits")
     check_rank(labels, what, "B H W")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{what}: expected integer class ids, got dtype {labels.dtype}")
+    check_integer_labels(labels, what)
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{what}: expected batch size B = {logits.shape[0]} (from logits), got {labels.shape[0]}")
     if logits.shape[-2:] != labels.shape[-2:]:
@@ -62,7 +69,7 @@ def balanced_cross_entropy(
     logits: Tensor,
     labels: Tensor,
     ignore_index: int = 255,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     background_index: int = 0,
     resize_logits: bool = False,
 ) -> Tensor:
@@ -83,8 +90,7 @@ def balanced_cross_entropy(
         - labels: (B, H, W)
         - output: () for "mean"/"sum", (B, H, W) for "none"
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    check_choice(reduction, "reduction", REDUCTIONS)
     logits = check_logits_labels(logits, labels, ignore_index, resize_logits)
     labels = labels.long()
     dtype = compute_dtype(logits)
@@ -118,14 +124,19 @@ class BalancedCrossEntropy(nn.Module):
         - logits: (B, K, H, W)
         - labels: (B, H, W)
         - output: () or (B, H, W) for reduction="none"
+
+    Examples:
+        >>> import torch
+        >>> loss = BalancedCrossEntropy()(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
     """
 
     def __init__(
-        self, ignore_index: int = 255, reduction: str = "mean", background_index: int = 0, resize_logits: bool = False
+        self, ignore_index: int = 255, reduction: Reduction = "mean", background_index: int = 0, resize_logits: bool = False
     ) -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        check_choice(reduction, "reduction", REDUCTIONS)
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.background_index = int(background_index)

@@ -29,9 +29,6 @@ def build_clip_backbone(model: Any, device: str | torch.device = "cpu", weights:
         device: where the backbone goes.
         weights: a checkpoint path or open_clip tag; ``"none"`` for random weights; ``None`` takes
             ``model.clip_weights`` (``None`` there too: the tag in ``model.clip``).
-
-    Shape:
-        - no tensors: ModelConfig -> backbone
     """
     from cdclip.registry import create
 

@@ -19,10 +19,30 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from cdclip.choices import (
+    AFFINITY_KINDS,
+    AMPS,
+    BACKGROUND_AT,
+    BOX_RULES,
+    CAM_METHODS,
+    CAM_TARGETS,
+    DATASETS,
+    FEATURE_RESOLUTIONS,
+    LABEL_SOURCES,
+    PAD_FILLS,
+    PAD_LABELS,
+    POS_INTERPS,
+    PRECISIONS,
+    PROTOTYPE_WEIGHTINGS,
+    REFINE_METHODS,
+    RESIZE_MODES,
+    SIMILARITIES,
+    check_choice,
+)
 from cdclip.device import default_device
 
 __all__ = [
@@ -37,31 +57,18 @@ __all__ = [
     "voc",
 ]
 
-REFINE_CHOICES = ("none", "attn", "mean", "replace", "product")
-CAM_CHOICES = ("gradcam", "patch_text")
-CAM_TARGETS = ("ln1_out", "block_in")
-DATASETS = ("voc", "coco")
 # foreground classes per dataset (label ids 0..N, 0 = background)
 DATASET_CLASSES = {"voc": 20, "coco": 80}
-AMP_CHOICES = ("none", "bf16", "fp16")
-AFFINITY_CHOICES = ("exp", "power", "linear")
-POS_INTERPS = ("bilinear", "bicubic")
-BOX_RULES = ("inclusive", "clip-es")
-BACKGROUND_AT = ("image", "patch")
-ACTIVATIONS = ("quick_gelu", "gelu")
-RESIZE_MODES = ("pil_bicubic", "bilinear")
-NORMALIZATIONS = ("imagenet", "clip")
-PAD_FILLS = ("mean", "black")
-PAD_LABELS = ("void", "pseudo")
-LABEL_SOURCES = ("file", "mask")
+# the configuration lists WeCLIP's value first in these two messages (the components list them the
+# other way round), so they keep their own Literal rather than cdclip.choices'
+DecoderActivation = Literal["quick_gelu", "gelu"]
+ACTIVATIONS: tuple[str, ...] = get_args(DecoderActivation)
+DataNormalization = Literal["imagenet", "clip"]
+NORMALIZATIONS: tuple[str, ...] = get_args(DataNormalization)
+# the names before cdclip.choices
+REFINE_CHOICES, CAM_CHOICES, AMP_CHOICES, AFFINITY_CHOICES = REFINE_METHODS, CAM_METHODS, AMPS, AFFINITY_KINDS
 
 T = TypeVar("T")
-
-
-def _choice(value: object, name: str, choices: Iterable[object]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
 
 
 def _positive(value: float, name: str, strict: bool = True) -> None:
@@ -187,13 +194,20 @@ class ModelConfig:
     decoder_fp16_out_proj: bool = False
 
     def __post_init__(self) -> None:
-        _choice(self.cam, "model.cam", CAM_CHOICES)
-        _choice(self.cam_target, "model.cam_target", CAM_TARGETS)
-        _choice(self.cam_resize, "model.cam_resize", RESIZE_MODES)
-        _choice(self.clip_pos_interp, "model.clip_pos_interp", POS_INTERPS)
-        _choice(self.box_rule, "model.box_rule", BOX_RULES)
-        _choice(self.background_at, "model.background_at", BACKGROUND_AT)
-        _choice(self.decoder_activation, "model.decoder_activation", ACTIVATIONS)
+        """Validate every field; each error names its key (the groups run in this order)."""
+        self._check_cam_settings()
+        self._check_refinement_settings()
+        self._check_decoder_and_sbe_settings()
+
+    def _check_cam_settings(self) -> None:
+        """The initial CAMs and their input: method, target, resizing, sizes, background, decoder affinity."""
+        check_choice(self.cam, "model.cam", CAM_METHODS)
+        check_choice(self.cam_target, "model.cam_target", CAM_TARGETS)
+        check_choice(self.cam_resize, "model.cam_resize", RESIZE_MODES)
+        check_choice(self.clip_pos_interp, "model.clip_pos_interp", POS_INTERPS)
+        check_choice(self.box_rule, "model.box_rule", BOX_RULES)
+        check_choice(self.background_at, "model.background_at", BACKGROUND_AT)
+        check_choice(self.decoder_activation, "model.decoder_activation", ACTIVATIONS)
         if self.cam_long_side is not None and self.cam_long_side < 1:
             raise ValueError(f"model.cam_long_side: expected a positive int or None, got {self.cam_long_side!r}")
         if self.cam_max_side is not None and self.cam_max_side < 1:
@@ -211,11 +225,14 @@ class ModelConfig:
             raise ValueError(f"model.seg_affinity_from: expected >= 0 or None, got {self.seg_affinity_from!r}")
         if self.seg_affinity_blocks < 1:
             raise ValueError(f"model.seg_affinity_blocks: expected >= 1, got {self.seg_affinity_blocks!r}")
-        _choice(self.refine, "model.refine", REFINE_CHOICES)
-        _choice(self.cda_affinity, "model.cda_affinity", AFFINITY_CHOICES)
-        _choice(self.clip_precision, "model.clip_precision", ("fp32", "fp16", "bf16"))
-        _choice(self.prototype_weighting, "model.prototype_weighting", ("mask", "cam"))
-        _choice(self.sbe_feature_resolution, "model.sbe_feature_resolution", ("cam", "native"))
+
+    def _check_refinement_settings(self) -> None:
+        """Refinement (CDA, attention, box mask), CLIP precision, SBE choices and PAR."""
+        check_choice(self.refine, "model.refine", REFINE_METHODS)
+        check_choice(self.cda_affinity, "model.cda_affinity", AFFINITY_KINDS)
+        check_choice(self.clip_precision, "model.clip_precision", PRECISIONS)
+        check_choice(self.prototype_weighting, "model.prototype_weighting", PROTOTYPE_WEIGHTINGS)
+        check_choice(self.sbe_feature_resolution, "model.sbe_feature_resolution", FEATURE_RESOLUTIONS)
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"model.gamma: expected a weight in [0, 1], got {self.gamma!r}")
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -226,6 +243,9 @@ class ModelConfig:
             raise ValueError(
                 f"model.par_iters / model.attn_layers: expected >= 0 / >= 1, got {self.par_iters} / {self.attn_layers}"
             )
+
+    def _check_decoder_and_sbe_settings(self) -> None:
+        """Decoder sizes, the SBE band, positive scales, PAR dilations and the prompt templates."""
         if self.decoder_heads >= 1 and self.decoder_dim % self.decoder_heads:
             raise ValueError(
                 f"model.decoder_dim: expected a multiple of decoder_heads={self.decoder_heads}, got {self.decoder_dim}"
@@ -293,11 +313,11 @@ class DataConfig:
     labels_from: str = "file"
 
     def __post_init__(self) -> None:
-        _choice(self.dataset, "data.dataset", DATASETS)
-        _choice(self.normalize, "data.normalize", NORMALIZATIONS)
-        _choice(self.pad_fill, "data.pad_fill", PAD_FILLS)
-        _choice(self.pad_label, "data.pad_label", PAD_LABELS)
-        _choice(self.labels_from, "data.labels_from", LABEL_SOURCES)
+        check_choice(self.dataset, "data.dataset", DATASETS)
+        check_choice(self.normalize, "data.normalize", NORMALIZATIONS)
+        check_choice(self.pad_fill, "data.pad_fill", PAD_FILLS)
+        check_choice(self.pad_label, "data.pad_label", PAD_LABELS)
+        check_choice(self.labels_from, "data.labels_from", LABEL_SOURCES)
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size: expected >= 1, got {self.batch_size!r}")
         if self.crop_size < 16 or self.crop_size % 16:
@@ -386,7 +406,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         _positive(self.lambda_aff, "loss.lambda_aff", strict=False)
         _positive(self.lambda_be, "loss.lambda_be", strict=False)
-        _choice(self.aff_similarity, "loss.aff_similarity", ("sigmoid", "cosine"))
+        check_choice(self.aff_similarity, "loss.aff_similarity", SIMILARITIES)
         if self.aff_radius < 0:
             raise ValueError(f"loss.aff_radius: expected >= 0, got {self.aff_radius!r}")
 
@@ -426,7 +446,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _choice(self.amp, "amp", AMP_CHOICES)
+        check_choice(self.amp, "amp", AMPS)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {self.seed!r}")
         classes = DATASET_CLASSES[self.data.dataset]
@@ -550,9 +570,6 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainC
 
     Raises:
         ValueError: unknown keys (named, with close matches).
-
-    Shape:
-        - no tensors: TrainConfig -> TrainConfig
     """
     nested: dict[str, Any] = {}
     for dotted, value in overrides.items():
@@ -581,11 +598,7 @@ def coco() -> TrainConfig:
 
 
 def preset(name: str) -> TrainConfig:
-    """The shipped preset called ``name`` (see :mod:`cdclip.presets`; ``voc``/``coco`` are aliases).
-
-    Shape:
-        - no tensors: str -> TrainConfig
-    """
+    """The shipped preset called ``name`` (see :mod:`cdclip.presets`; ``voc``/``coco`` are aliases)."""
     from cdclip.presets import load_preset
 
     return load_preset(name)

@@ -163,6 +163,14 @@ class WeCLIPDecoder(nn.Module):
         - block_tokens: num_blocks x (B, h*w, W)
         - output.logits: (B, num_classes, h, w)
         - output.features: (B, dim, h, w)
+
+    Examples:
+        >>> import torch
+        >>> decoder = WeCLIPDecoder(num_classes=21, in_dim=64, num_blocks=3, dim=32, layers=1, heads=4)
+        >>> tokens = [torch.randn(2, 4 * 5, 64) for _ in range(3)]   # one (B, h*w, W) per CLIP block
+        >>> out = decoder(tokens, grid=(4, 5))
+        >>> out.logits.shape, out.features.shape
+        (torch.Size([2, 21, 4, 5]), torch.Size([2, 32, 4, 5]))
     """
 
     def __init__(
@@ -192,7 +200,8 @@ class WeCLIPDecoder(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         self.num_classes, self.in_dim, self.num_blocks, self.dim = num_classes, in_dim, num_blocks, dim
-        self.layers_count, self.heads, self.mlp_ratio, self.dropout_p = layers, heads, mlp_ratio, dropout
+        # ints as num_*: ``heads_list`` and ``layers`` are the module lists (their state_dict keys stay)
+        self.num_layers, self.num_heads, self.mlp_ratio, self.dropout_p = layers, heads, mlp_ratio, dropout
         self.heads_list = nn.ModuleList(BlockHead(in_dim, dim) for _ in range(num_blocks))
         self.fuse = nn.Conv2d(dim * num_blocks, dim, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout)
@@ -202,6 +211,16 @@ class WeCLIPDecoder(nn.Module):
             TransformerLayer(dim, heads, mlp_ratio, activation, fp16_out_proj) for _ in range(layers)
         )
         self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    @property
+    def heads(self) -> int:
+        """The earlier name of :attr:`num_heads`."""
+        return self.num_heads
+
+    @property
+    def layers_count(self) -> int:
+        """The earlier name of :attr:`num_layers`."""
+        return self.num_layers
 
     def forward(self, block_tokens: Sequence[Tensor], grid: tuple[int, int]) -> DecoderOutput:
         """Logits at the patch grid and the fused features.
@@ -234,6 +253,6 @@ class WeCLIPDecoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, in_dim={self.in_dim}, num_blocks={self.num_blocks}, dim={self.dim}, "
-            f"layers={self.layers_count}, heads={self.heads}, mlp_ratio={self.mlp_ratio}, dropout={self.dropout_p}, "
+            f"layers={self.num_layers}, heads={self.num_heads}, mlp_ratio={self.mlp_ratio}, dropout={self.dropout_p}, "
             f"activation={self.activation!r}, fp16_out_proj={self.fp16_out_proj}"
         )

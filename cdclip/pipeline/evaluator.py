@@ -37,38 +37,19 @@ from torch import Tensor
 
 from cdclip._checks import check_floating, check_rank, check_tensor
 from cdclip.atomic import atomic_path, atomic_write_text
-from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
+from cdclip.constants import CLIP_MEAN, CLIP_STD, VOID
 from cdclip.distributed import rank_and_world, sum_over_processes
 from cdclip.metrics import ConfusionMatrix
+from cdclip.sizes import nearest_scaled_size
 
 __all__ = ["Evaluator", "evaluate_labels", "multiscale_logits", "scaled_size"]
 
 Segmenter = Callable[[Tensor], Tensor]
-VOID = 255
 PREDICTION_DIR = "predictions"
 
 
 # ---------------------------------------------------------------------------- test-time augmentation
-def scaled_size(
-    size: tuple[int, int], scale: float = 1.0, long_side: int | None = 512, multiple: int = 16
-) -> tuple[int, int]:
-    """Network input size for one scale: long side ``long_side · scale``, sides rounded to ``multiple``.
-
-    ``long_side=None`` scales the image's own size. Every side is at least ``multiple``.
-
-    Shape:
-        - size: (H, W)
-        - output: (h, w), both multiples of ``multiple``
-    """
-    height, width = (int(v) for v in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"size: expected positive (H, W), got {size!r}")
-    if not scale > 0:
-        raise ValueError(f"scale: expected a positive number, got {scale!r}")
-    if not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple: expected a positive int, got {multiple!r}")
-    ratio = scale * (long_side / max(height, width) if long_side is not None else 1.0)
-    return tuple(max(multiple, round(side * ratio / multiple) * multiple) for side in (height, width))  # type: ignore[return-value]
+scaled_size = nearest_scaled_size  # the name before cdclip.sizes
 
 
 def _resize(x: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
@@ -89,7 +70,7 @@ def multiscale_logits(
     """Average of a segmenter's logits over scales and horizontal flips, at the image's size.
 
     For each scale the image is resized (bilinear; ``antialias`` when shrinking) to
-    :func:`scaled_size`; the image and its mirror go through ``segmenter`` in one batch of ``2B``;
+    :func:`~cdclip.sizes.nearest_scaled_size`; the image and its mirror go through ``segmenter`` in one batch of ``2B``;
     the mirrored half is mirrored back, outputs are upsampled bilinearly (``align_corners=False``,
     which commutes with mirroring) to ``(H, W)`` and all ``len(scales) · (1 + flip)`` maps are
     averaged in float32.
@@ -117,7 +98,7 @@ def multiscale_logits(
     batch, _, height, width = image.shape
     total: Tensor | None = None
     for scale in scales:
-        size = scaled_size((height, width), scale, long_side, multiple)
+        size = nearest_scaled_size((height, width), scale, long_side, multiple)
         x = _resize(image, size, antialias=antialias and size[0] * size[1] < height * width)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
@@ -269,10 +250,10 @@ class Evaluator:
             crf = DenseCRF()
         self.crf = crf or None
         if self.crf is not None:
-            from cdclip.refine.crf import DenseCRF, _import_densecrf
+            from cdclip.refine.crf import DenseCRF, import_densecrf
 
             if isinstance(self.crf, DenseCRF):
-                _import_densecrf()  # fail now with the install hint, not after the first image
+                import_densecrf()  # fail now with the install hint, not after the first image
             elif not callable(self.crf):
                 raise TypeError(f"crf: expected None, True, a DenseCRF or a callable, got {type(crf).__name__}")
         self.ignore_index = ignore_index
@@ -356,8 +337,6 @@ class Evaluator:
         """
         from tqdm import tqdm
 
-        from cdclip.data.palette import load_label_png, save_label_png
-
         total = len(dataset) if limit is None else min(len(dataset), int(limit))
         if total < 0:
             raise ValueError(f"limit: expected a non-negative int or None, got {limit!r}")
@@ -374,24 +353,10 @@ class Evaluator:
             if "unreadable" in item:
                 unreadable.append(f"{item['unreadable']} ({item['reason']})")
                 continue
-            name = str(item["name"])
             mask = _plain(item.get("mask"))
-            image = _plain(item["image"])
-            path = pred_dir / f"{name}.png" if pred_dir is not None else None
-            pred: Tensor | None = None
-            if path is not None and path.is_file() and not overwrite:
-                try:
-                    stored = torch.from_numpy(load_label_png(path))
-                except (OSError, ValueError):
-                    stored = None  # unreadable (e.g. cut off): recompute it
-                if stored is not None and tuple(stored.shape) == tuple(image.shape[-2:]):
-                    pred, reused = stored, reused + 1
-            if pred is None:
-                pred = self.predict(image)
-                predicted += 1
-                if path is not None:
-                    with atomic_path(path) as tmp:  # a killed run never leaves half a PNG behind
-                        save_label_png(tmp, pred, palette=self.palette)
+            path = pred_dir / f"{item['name']}.png" if pred_dir is not None else None
+            pred, was_reused = self._prediction(_plain(item["image"]), path, overwrite)
+            reused, predicted = reused + was_reused, predicted + (not was_reused)
             if mask is not None:
                 matrix.update(pred, mask)
                 scored += 1
@@ -399,17 +364,37 @@ class Evaluator:
         (scored,) = sum_over_processes([scored])
         metrics = _summary(matrix, self.class_names, scored)
         metrics.update(
-            predicted=predicted,
-            reused=reused,
-            unreadable=unreadable,
-            scales=list(self.scales),
-            flip=self.flip,
-            long_side=self.long_side,
-            crf=self.crf is not None,
-        )
+            predicted=predicted, reused=reused, unreadable=unreadable, scales=list(self.scales), flip=self.flip,
+            long_side=self.long_side, crf=self.crf is not None,
+        )  # fmt: skip
         if out_dir is not None and rank == 0:
             _write_report(Path(out_dir), metrics, matrix.table(self.class_names))
         return metrics
+
+    def _prediction(self, image: Tensor, path: Path | None, overwrite: bool) -> tuple[Tensor, bool]:
+        """The class map of ``image`` and whether it was read back from ``path`` instead of predicted.
+
+        A PNG at ``path`` of the image's size is reused unless ``overwrite``; a prediction is
+        written there atomically (a killed run never leaves half a PNG behind).
+
+        Shape:
+            - image: (3, H, W) uint8
+            - output: (H, W) integer class map
+        """
+        from cdclip.data.palette import load_label_png, save_label_png
+
+        if path is not None and path.is_file() and not overwrite:
+            try:
+                stored = torch.from_numpy(load_label_png(path))
+            except (OSError, ValueError):
+                stored = None  # unreadable (e.g. cut off): recompute it
+            if stored is not None and tuple(stored.shape) == tuple(image.shape[-2:]):
+                return stored, True
+        pred = self.predict(image)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                save_label_png(tmp, pred, palette=self.palette)
+        return pred, False
 
 
 class _OnePass:

@@ -36,14 +36,17 @@ from cdclip.backbones.output import CLIPOutput
 from cdclip.backbones.text import build_text_classifier
 from cdclip.cam.head import PseudoLabelOutput
 from cdclip.cam.multiscale import check_labels
-from cdclip.data.transforms import CLIP_MEAN, CLIP_STD
+from cdclip.choices import AMPS, Amp, check_choice
+from cdclip.constants import CLIP_MEAN, CLIP_STD
+from cdclip.data import classnames
+from cdclip.device import amp_dtype
 from cdclip.losses.affinity import affinity_loss
 from cdclip.losses.boundary import boundary_enhanced_loss
 from cdclip.losses.segmentation import balanced_cross_entropy
 from cdclip.pipeline.config import LossConfig, ModelConfig, TrainConfig
 from cdclip.pipeline.decoder import DecoderOutput  # also registers "weclip_decoder"
 from cdclip.pipeline.pseudo_labels import build_cam_head
-from cdclip.prototypes.superclass import SuperClassPrototypes
+from cdclip.prototypes.superclass import SBEOutput, SuperClassPrototypes
 
 __all__ = ["CDCLIP", "build_model", "dataset_classes", "load_decoder_checkpoint"]
 
@@ -51,16 +54,53 @@ __all__ = ["CDCLIP", "build_model", "dataset_classes", "load_decoder_checkpoint"
 def dataset_classes(dataset: str) -> tuple[str, ...]:
     """Foreground class names of ``"voc"`` (20) or ``"coco"`` (80), in label order.
 
-    Shape:
-        - output: C names
+    The name before :func:`cdclip.data.classnames.class_names`, which it returns; unlike that one
+    it accepts only these two spellings.
     """
-    from cdclip.data.classnames import COCO_CLASSES, VOC_CLASSES
+    if dataset not in ("voc", "coco"):
+        raise ValueError(f"dataset: expected 'voc' or 'coco', got {dataset!r}")
+    return classnames.class_names(dataset)
 
-    if dataset == "voc":
-        return tuple(VOC_CLASSES)
-    if dataset == "coco":
-        return tuple(COCO_CLASSES)
-    raise ValueError(f"dataset: expected 'voc' or 'coco', got {dataset!r}")
+
+def _decoder_blocks(cfg: ModelConfig, backbone: Any) -> int:
+    """CLIP blocks fed to the decoder: ``cfg.decoder_blocks``, default all but the last."""
+    depth = int(getattr(backbone, "depth", 12))
+    blocks = cfg.decoder_blocks if cfg.decoder_blocks is not None else max(1, depth - 1)
+    if blocks > depth:
+        raise ValueError(f"config.decoder_blocks: the backbone has {depth} blocks, got {blocks}")
+    return blocks
+
+
+def _build_decoder(cfg: ModelConfig, backbone: Any, num_classes: int, num_blocks: int) -> nn.Module:
+    """The registered ``cfg.decoder`` sized from the config and the backbone (``C + 1`` outputs)."""
+    from cdclip.registry import create
+
+    return create(
+        cfg.decoder, num_classes=num_classes + 1, in_dim=int(backbone.width), num_blocks=num_blocks,
+        dim=cfg.decoder_dim, layers=cfg.decoder_layers, heads=cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_ratio,
+        dropout=cfg.decoder_dropout, activation=cfg.decoder_activation, fp16_out_proj=cfg.decoder_fp16_out_proj,
+    )  # fmt: skip
+
+
+def _build_sbe(cfg: ModelConfig, class_names: tuple[str, ...], ignore_index: int) -> SuperClassPrototypes:
+    """SBE as the config describes it (class names are needed by the per-class groupings only)."""
+    return SuperClassPrototypes(
+        cfg.grouping, class_names=class_names if cfg.grouping in ("identity", "fg") else None,
+        seed_threshold=cfg.seed_threshold, band_kernel=cfg.band_kernel, weighting=cfg.prototype_weighting,
+        ignore_index=ignore_index, feature_resolution=cfg.sbe_feature_resolution, fill_ignored=cfg.sbe_fill_ignored,
+    )  # fmt: skip
+
+
+def _pixel_stat(value: Sequence[float] | None, backbone: Any, name: str, default: Sequence[float]) -> Tensor:
+    """A ``(1, 3, 1, 1)`` float32 image statistic: ``value``, else the backbone's ``name``, else ``default``.
+
+    Shape:
+        - output: (1, 3, 1, 1)
+    """
+    stat = torch.tensor(value, dtype=torch.float32) if value is not None else getattr(backbone, name, None)
+    if isinstance(stat, Tensor):
+        return stat.detach().float().reshape(1, 3, 1, 1).clone()
+    return torch.tensor(default).view(1, 3, 1, 1)
 
 
 class CDCLIP(nn.Module):
@@ -82,12 +122,27 @@ class CDCLIP(nn.Module):
             its pseudo labels and is trained on, WeCLIP).
         pixel_stats: ``(mean, std)`` the batch images are normalised with (0–1 scale; used to
             undo the normalisation for DINO); default: the backbone's own.
+        amp: the decoder's mixed precision on CUDA, ``"none"``, ``"bf16"`` or ``"fp16"``
+            (``TrainConfig.amp``; ignored on the CPU).
 
     Shape:
         - batch["image"]: (B, 3, H, W) normalised with CLIP's mean/std, H and W multiples of 16
         - batch["labels"]: (B, C) multi-hot image labels
         - batch["valid"]: (B, H, W) bool, False on crop padding (optional)
         - predict output: (B, C + 1, H, W) logits, background first
+
+    Examples:
+        >>> import torch
+        >>> from cdclip.pipeline.config import ModelConfig
+        >>> from cdclip.testing import tiny_clip_backbone
+        >>> config = ModelConfig(decoder_dim=32, decoder_heads=4, decoder_layers=1, par_iters=1)
+        >>> model = CDCLIP(tiny_clip_backbone(layers=3), ["cat", "dog"], config=config)
+        >>> batch = {"image": torch.randn(2, 3, 64, 64), "labels": torch.tensor([[1.0, 0.0], [1.0, 1.0]])}
+        >>> out = model.training_step(batch)
+        >>> out["loss"].shape, out["pseudo_labels"].shape
+        (torch.Size([]), torch.Size([2, 64, 64]))
+        >>> model.predict(batch["image"]).shape                   # background and the two classes
+        torch.Size([2, 3, 64, 64])
     """
 
     def __init__(
@@ -101,8 +156,10 @@ class CDCLIP(nn.Module):
         decoder: nn.Module | None = None,
         pad_label: str = "void",
         pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        amp: Amp = "none",
     ) -> None:
         super().__init__()
+        check_choice(amp, "amp", AMPS)
         self.config = config if config is not None else ModelConfig()
         self.loss_config = loss if loss is not None else LossConfig()
         cfg = self.config
@@ -113,62 +170,18 @@ class CDCLIP(nn.Module):
             backbone, self.class_names, background_words, cfg.templates, style=cfg.prompt_style
         )
         self.register_buffer("text", classifier.embeddings.detach().float().clone(), persistent=False)
-        depth = int(getattr(backbone, "depth", 12))
-        self.num_blocks = cfg.decoder_blocks if cfg.decoder_blocks is not None else max(1, depth - 1)
-        if self.num_blocks > depth:
-            raise ValueError(f"config.decoder_blocks: the backbone has {depth} blocks, got {self.num_blocks}")
-        if decoder is None:
-            from cdclip.registry import create
-
-            decoder = create(
-                cfg.decoder,
-                num_classes=self.num_classes + 1,
-                in_dim=int(backbone.width),
-                num_blocks=self.num_blocks,
-                dim=cfg.decoder_dim,
-                layers=cfg.decoder_layers,
-                heads=cfg.decoder_heads,
-                mlp_ratio=cfg.decoder_mlp_ratio,
-                dropout=cfg.decoder_dropout,
-                activation=cfg.decoder_activation,
-                fp16_out_proj=cfg.decoder_fp16_out_proj,
-            )
-        self.decoder = decoder
+        self.num_blocks = _decoder_blocks(cfg, backbone)
+        self.decoder = decoder if decoder is not None else _build_decoder(cfg, backbone, self.num_classes, self.num_blocks)
         self.head = build_cam_head(cfg)
         self.pad_label = pad_label
         self.use_sbe = dino is not None and self.loss_config.lambda_be > 0
         self.dino = dino if self.use_sbe else None
-        self.sbe = (
-            SuperClassPrototypes(
-                cfg.grouping,
-                class_names=self.class_names if cfg.grouping in ("identity", "fg") else None,
-                seed_threshold=cfg.seed_threshold,
-                band_kernel=cfg.band_kernel,
-                weighting=cfg.prototype_weighting,
-                ignore_index=self.loss_config.ignore_index,
-                feature_resolution=cfg.sbe_feature_resolution,
-                fill_ignored=cfg.sbe_fill_ignored,
-            )
-            if self.use_sbe
-            else None
-        )
+        self.sbe = _build_sbe(cfg, self.class_names, self.loss_config.ignore_index) if self.use_sbe else None
         mean, std = pixel_stats if pixel_stats is not None else (None, None)
-        mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else getattr(backbone, "mean", None)
-        std = torch.tensor(std, dtype=torch.float32) if std is not None else getattr(backbone, "std", None)
-        mean = (
-            mean.detach().float().reshape(1, 3, 1, 1).clone()
-            if isinstance(mean, Tensor)
-            else torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        )
-        std = (
-            std.detach().float().reshape(1, 3, 1, 1).clone()
-            if isinstance(std, Tensor)
-            else torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        )
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
-        # mixed precision of the decoder (set by the Trainer); CUDA only
-        self.amp_dtype: torch.dtype | None = None
+        self.register_buffer("pixel_mean", _pixel_stat(mean, backbone, "mean", CLIP_MEAN), persistent=False)
+        self.register_buffer("pixel_std", _pixel_stat(std, backbone, "std", CLIP_STD), persistent=False)
+        # mixed precision of the decoder, CUDA only (the Trainer scales fp16 gradients to match)
+        self.amp_dtype: torch.dtype | None = amp_dtype(amp)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -291,28 +304,47 @@ class CDCLIP(nn.Module):
             - output["pseudo_labels"]: (B, H, W)
         """
         images, present, valid = self._batch(batch)
-        height, width = images.shape[-2:]
         seg = self.uses_seg_affinity(iteration)
         output = self._clip_forward(images, with_cams=True, with_seg_affinity=seg)
         decoded = self._decode(output)
         result = self._pseudo_labels(output, decoded, images, present, valid, seg)
-        refined, pseudo = result.refined, result.labels
+        sbe_out = self._sbe(images, result.refined, present, result.labels)
+        logits = F.interpolate(decoded.logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        losses = self._losses(logits, decoded.features, result.labels, sbe_out)
+        out: dict[str, Tensor] = {**losses, "pseudo_labels": result.labels}
+        if sbe_out is not None:
+            out["corrected_labels"] = sbe_out.corrected_labels
+            out["band"] = sbe_out.band
+        return out
 
-        sbe_out = None
-        if self.sbe is not None:
-            with torch.no_grad():
-                pixels = (images * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
-                features = self.dino.feature_map(pixels)
-                sbe_out = self.sbe(refined, present, features, pseudo)
+    @torch.no_grad()
+    def _sbe(self, images: Tensor, refined: Tensor, present: Tensor, pseudo: Tensor) -> SBEOutput | None:
+        """SBE on the refined CAMs and DINO's features of the un-normalised images (None without SBE).
 
-        logits = F.interpolate(
-            decoded.logits.float(), size=(height, width), mode="bilinear", align_corners=False
-        )
+        Shape:
+            - images: (B, 3, H, W) normalised
+            - refined: (B, C, h, w)
+            - pseudo: (B, H, W)
+        """
+        if self.sbe is None:
+            return None
+        pixels = (images * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
+        features = self.dino.feature_map(pixels)
+        return self.sbe(refined, present, features, pseudo)
+
+    def _losses(self, logits: Tensor, features: Tensor, pseudo: Tensor, sbe_out: SBEOutput | None) -> dict[str, Tensor]:
+        """``loss = L_seg + λ_aff·L_aff + λ_be·L_be`` and its three terms (detached).
+
+        Shape:
+            - logits: (B, C + 1, H, W) at the crop size
+            - features: (B, E, h, w)
+            - pseudo: (B, H, W)
+        """
         lc = self.loss_config
         seg_target = sbe_out.corrected_labels if (sbe_out is not None and lc.seg_on_corrected) else pseudo
         loss_seg = balanced_cross_entropy(logits, seg_target, ignore_index=lc.ignore_index)
         loss_aff = (
-            affinity_loss(decoded.features.float(), pseudo, lc.aff_radius, lc.ignore_index, lc.aff_similarity)
+            affinity_loss(features.float(), pseudo, lc.aff_radius, lc.ignore_index, lc.aff_similarity)
             if lc.lambda_aff > 0
             else logits.new_zeros(())
         )
@@ -323,17 +355,7 @@ class CDCLIP(nn.Module):
         else:
             loss_be = logits.new_zeros(())
         loss = loss_seg + lc.lambda_aff * loss_aff + lc.lambda_be * loss_be
-        result = {
-            "loss": loss,
-            "loss_seg": loss_seg.detach(),
-            "loss_aff": loss_aff.detach(),
-            "loss_be": loss_be.detach(),
-            "pseudo_labels": pseudo,
-        }
-        if sbe_out is not None:
-            result["corrected_labels"] = sbe_out.corrected_labels
-            result["band"] = sbe_out.band
-        return result
+        return {"loss": loss, "loss_seg": loss_seg.detach(), "loss_aff": loss_aff.detach(), "loss_be": loss_be.detach()}
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Same as :meth:`training_step` (so DDP wrappers see a forward)."""
@@ -426,13 +448,14 @@ def build_model(
             else:
                 dkwargs["checkpoint_path"] = cfg.dino_weights
         dino = create(cfg.dino, **dkwargs)
-    names = tuple(class_names) if class_names is not None else dataset_classes(config.data.dataset)
+    names = tuple(class_names) if class_names is not None else classnames.class_names(config.data.dataset)
     words = tuple(background_words) if background_words is not None else bg_words(cfg.background)
     torch.manual_seed(config.seed)  # the decoder initialisation is part of the run's seed
     from cdclip.data.transforms import normalization_stats
 
     stats = normalization_stats(config.data.normalize)
     model = CDCLIP(
-        backbone, names, words, cfg, config.loss, dino=dino, pad_label=config.data.pad_label, pixel_stats=stats
+        backbone, names, words, cfg, config.loss, dino=dino, pad_label=config.data.pad_label, pixel_stats=stats,
+        amp=config.amp,
     )
     return model.to(device)

@@ -25,7 +25,7 @@ pixel). Images within the cap (every VOC and COCO image: <= 640 px) are not touc
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +36,10 @@ from cdclip._checks import check_choice, check_rank
 from cdclip.backbones.text import TextClassifier, build_text_classifier
 from cdclip.cam.head import CAMHead, PseudoLabelOutput
 from cdclip.cam.labels import background_score, cams_to_labels
-from cdclip.cam.multiscale import check_labels, scaled_size
+from cdclip.cam.multiscale import check_labels
+from cdclip.choices import RESIZE_MODES, ResizeMode
 from cdclip.data.prompts import DEFAULT_TEMPLATES
+from cdclip.sizes import ceil_scaled_size
 
 __all__ = [
     "DEFAULT_MAX_SIDE",
@@ -53,19 +55,12 @@ __all__ = [
     "upsample_labels",
 ]
 
-ResizeMode = Literal["pil_bicubic", "bilinear"]
-RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
-
 # working-resolution cap of the training-free path (long side, pixels); see the module docstring
 DEFAULT_MAX_SIDE = 1024
 
 
 def capped_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """``(H, W)`` shrunk so the long side is ``max_side`` (aspect kept, rounded), or as is within it.
-
-    Shape:
-        - no tensors: sizes -> (H', W') with max(H', W') <= max_side
-    """
+    """``(H, W)`` shrunk so the long side is ``max_side`` (aspect kept, rounded), or as is within it."""
     if max_side is None or max(height, width) <= max_side:
         return height, width
     scale = max_side / max(height, width)
@@ -139,7 +134,7 @@ def resize_for_clip(
     check_choice(mode, "mode", RESIZE_MODES)
     _, _, h, w = images.shape
     scale = 1.0 if not long_side else long_side / max(h, w)
-    size = scaled_size(h, w, scale, multiple)
+    size = ceil_scaled_size(h, w, scale, multiple)
     if size == (h, w):
         return images.float()
     if mode == "pil_bicubic":
@@ -148,11 +143,7 @@ def resize_for_clip(
 
 
 def build_cam_head(config: Any, box_threshold: float | None = None) -> CAMHead:
-    """The :class:`~cdclip.cam.head.CAMHead` a :class:`~cdclip.pipeline.config.ModelConfig` describes.
-
-    Shape:
-        - no tensors: ModelConfig -> CAMHead
-    """
+    """The :class:`~cdclip.cam.head.CAMHead` a :class:`~cdclip.pipeline.config.ModelConfig` describes."""
     from cdclip.refine.par import PAR
 
     cam_kwargs: dict[str, Any] = {"target": config.cam_target} if config.cam == "gradcam" else {}
@@ -160,24 +151,13 @@ def build_cam_head(config: Any, box_threshold: float | None = None) -> CAMHead:
         cam_kwargs.update(scales=config.cam_scales, flip=config.cam_flip)
     par = PAR(dilations=config.par_dilations, num_iter=config.par_iters) if config.par_iters > 0 else None
     return CAMHead(
-        config.cam,
-        cam_kwargs=cam_kwargs,
-        refine=config.refine,
-        attn_layers=config.attn_layers,
-        cd_logit_scale=config.cd_logit_scale,
-        background_at=config.background_at,
-        bg_alpha=config.bg_alpha,
-        bg_threshold=config.bg_threshold,
-        par=par,
-        par_scale=config.par_scale,
-        seg_affinity_blocks=config.seg_affinity_blocks,
-        gamma=config.gamma,
-        box_threshold=config.box_threshold if box_threshold is None else box_threshold,
-        box_rule=config.box_rule,
-        affinity=config.cda_affinity,
-        sigma=config.cda_sigma,
-        beta=config.cda_beta,
-    )
+        config.cam, cam_kwargs=cam_kwargs, refine=config.refine, attn_layers=config.attn_layers,
+        cd_logit_scale=config.cd_logit_scale, background_at=config.background_at, bg_alpha=config.bg_alpha,
+        bg_threshold=config.bg_threshold, par=par, par_scale=config.par_scale,
+        seg_affinity_blocks=config.seg_affinity_blocks, gamma=config.gamma,
+        box_threshold=config.box_threshold if box_threshold is None else box_threshold, box_rule=config.box_rule,
+        affinity=config.cda_affinity, sigma=config.cda_sigma, beta=config.cda_beta,
+    )  # fmt: skip
 
 
 class PseudoLabeler(nn.Module):
@@ -212,6 +192,15 @@ class PseudoLabeler(nn.Module):
         - images: (B, 3, H, W) uint8 (or 0–255 float)
         - labels: (B, C)
         - output: :class:`PseudoLabelOutput`
+
+    Examples:
+        >>> import torch
+        >>> from cdclip.testing import tiny_clip_backbone
+        >>> labeler = PseudoLabeler(tiny_clip_backbone(), ["cat", "dog"], long_side=64)
+        >>> image = torch.randint(0, 256, (1, 3, 48, 64), dtype=torch.uint8)
+        >>> out = labeler(image, torch.tensor([[1.0, 0.0]]))      # the image shows a cat
+        >>> out.labels.shape, set(out.labels.unique().tolist()) <= {0, 1}
+        (torch.Size([1, 48, 64]), True)
     """
 
     def __init__(
@@ -256,11 +245,7 @@ class PseudoLabeler(nn.Module):
     def from_config(
         cls, config: Any, class_names: Sequence[str], background_words: Sequence[str], backbone: Any
     ) -> PseudoLabeler:
-        """The labeler a :class:`~cdclip.pipeline.config.TrainConfig` (a preset) describes.
-
-        Shape:
-            - no tensors: TrainConfig -> PseudoLabeler
-        """
+        """The labeler a :class:`~cdclip.pipeline.config.TrainConfig` (a preset) describes."""
         from cdclip.data.transforms import normalization_stats
 
         model = config.model
@@ -297,18 +282,15 @@ class PseudoLabeler(nn.Module):
             labeler = PseudoLabeler.from_preset("cdclip-voc", weights="/path/ViT-B-16.pt")
             out = labeler(image[None], labels[None])      # uint8 (1, 3, H, W), multi-hot (1, 20)
             out.cams, out.refined, out.labels
-
-        Shape:
-            - no tensors: preset name -> PseudoLabeler
         """
+        from cdclip.data.classnames import class_names as dataset_class_names
         from cdclip.data.prompts import background_words
         from cdclip.pipeline.clip_backbone import build_clip_backbone
         from cdclip.pipeline.config import apply_overrides, preset
-        from cdclip.pipeline.model import dataset_classes
         from cdclip.seeding import seed_everything
 
         config = apply_overrides(preset(name), dict(overrides or {}))
-        names = tuple(class_names) if class_names is not None else dataset_classes(config.data.dataset)
+        names = tuple(class_names) if class_names is not None else dataset_class_names(config.data.dataset)
         seed_everything(seed)
         backbone = build_clip_backbone(config.model, device, weights)
         return cls.from_config(config, names, background_words(config.model.background), backbone)

@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cdclip.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from cdclip.device import amp_dtype
 from cdclip.distributed import global_batch_means, rank_and_world
 from cdclip.fingerprint import weights_fingerprint
 from cdclip.folder_lock import folder_lock
@@ -78,9 +79,6 @@ def lr_factor(iteration: int, optim: OptimConfig, total_iters: int) -> float:
 
     Warm-up: ``1 − (1 − it / warmup) · (1 − warmup_ratio)``, rising linearly from ``warmup_ratio``;
     afterwards poly decay ``(1 − it / total_iters)^power``, 0 at the end.
-
-    Shape:
-        - output: () a Python float
     """
     if iteration < optim.warmup_iters:
         return 1.0 - (1.0 - iteration / optim.warmup_iters) * (1.0 - optim.warmup_ratio)
@@ -161,13 +159,11 @@ def build_dataset(data: DataConfig, transform: Any = "train", skip_bad: bool = F
             UserWarning,
             stacklevel=2,
         )
-    if data.dataset == "voc":
-        from cdclip.data.voc import VOCSegmentation
+    from cdclip.data.datasets import segmentation_dataset
 
-        return VOCSegmentation(data.root, data.split, transform=tf, label_file=data.label_file, skip_bad=skip_bad)
-    from cdclip.data.coco import COCOSegmentation
-
-    return COCOSegmentation(data.root, data.split, transform=tf, label_file=data.label_file, skip_bad=skip_bad)
+    return segmentation_dataset(
+        data.dataset, data.root, data.split, transform=tf, label_file=data.label_file, skip_bad=skip_bad
+    )
 
 
 class SeededSamples(Dataset):
@@ -256,6 +252,28 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
             warnings.warn("resume: could not restore the CUDA RNG states", RuntimeWarning, stacklevel=2)
 
 
+class _LossWindow:
+    """Loss sums over the iterations since the last log line (``count`` of them, from time ``tick``)."""
+
+    KEYS = ("loss", "loss_seg", "loss_aff", "loss_be")
+
+    def __init__(self) -> None:
+        self.reset(time.time())
+
+    def reset(self, tick: float) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.tick = tick
+
+    def add(self, out: Mapping[str, Any]) -> None:
+        """Add one iteration's losses (those of :attr:`KEYS` the model returned)."""
+        for key in self.KEYS:
+            if key in out:
+                value = out[key].float()
+                self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+
 class _NonFiniteLoss(FloatingPointError):
     """Raised when the loss is NaN/inf: the checkpoint is then *not* overwritten."""
 
@@ -329,11 +347,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, config.optim, config.iters)
         )
-        cuda = self.device.type == "cuda"
-        amp = config.amp if cuda else "none"
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        if hasattr(model, "amp_dtype"):
-            model.amp_dtype = self.amp_dtype
+        # the model autocasts itself (CDCLIP(amp=config.amp), see build_model); fp16 needs the scaler
+        amp = config.amp if self.device.type == "cuda" else "none"
+        self.amp_dtype = amp_dtype(amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
         self._rng_at_start: dict[str, Any] | None = None
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
@@ -499,7 +515,12 @@ class Trainer:
         return "iteration" in params
 
     def step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """One optimisation step on ``batch``; returns the model's outputs (losses detached)."""
+        """One optimisation step on ``batch``; returns the model's outputs (losses detached).
+
+        Shape:
+            - batch["image"]: (B, 3, crop, crop)
+            - output["loss"]: ()
+        """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         kwargs = {"iteration": self.iteration} if self._passes_iteration else {}
@@ -582,43 +603,24 @@ class Trainer:
         """The iterations from ``self.iteration`` to ``total``, with logging, checkpoints and crash saves."""
         from tqdm.auto import tqdm
 
-        cfg = self.config
-        window: dict[str, torch.Tensor] = {}
-        count = 0
+        window = _LossWindow()
         last: dict[str, float] = {}
-        tick = time.time()
         bar = tqdm(
-            total=total, initial=self.iteration, disable=not cfg.progress or self.rank != 0, dynamic_ncols=True,
-            desc="train",
-        )
+            total=total, initial=self.iteration, disable=not self.config.progress or self.rank != 0,
+            dynamic_ncols=True, desc="train",
+        )  # fmt: skip
         data = self.batches()
         self._rng_at_start = None
         try:
             while self.iteration < total:
                 self._rng_at_start = _rng_state()  # a crash mid-iteration resumes from here
-                batch = next(data)
-                out = self.step(batch)
+                out = self.step(next(data))
                 self._rng_at_start = None  # the iteration completed: the current RNG is the one to save
-                for key in ("loss", "loss_seg", "loss_aff", "loss_be"):
-                    if key in out:
-                        value = out[key].float()
-                        window[key] = window[key] + value if key in window else value
-                count += 1
+                window.add(out)
                 bar.update(1)
-                if self.iteration % cfg.log_every == 0 or self.iteration == total:
-                    last = {k: v / count for k, v in _mean_over_processes(window, self.world).items()}
-                    if not all(math.isfinite(v) for v in last.values()):
-                        raise _NonFiniteLoss(f"non-finite loss at iteration {self.iteration}: {last}")
-                    now = time.time()
-                    record = {"iter": self.iteration, **last, "lr": self.last_lr,
-                              "sec_per_iter": (now - tick) / count, "time": now}  # fmt: skip
-                    self._log(record)
-                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
-                    window, count, tick = {}, 0, now
-                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
-                    self.save_checkpoint()
-                    if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
-                        self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
+                if self.iteration % self.config.log_every == 0 or self.iteration == total:
+                    last = self._log_window(window, bar)
+                self._checkpoint_if_due(total)
                 signum = _agreed_signal(stop.signum, self.world)
                 if signum is not None and self.iteration < total:
                     self._stop(signum)
@@ -637,6 +639,27 @@ class Trainer:
             bar.close()
             data.close()
         return last
+
+    def _log_window(self, window: _LossWindow, bar: Any) -> dict[str, float]:
+        """Average the window over its iterations and the processes, refuse NaN/inf, log it and start a new one."""
+        last = {k: v / window.count for k, v in _mean_over_processes(window.sums, self.world).items()}
+        if not all(math.isfinite(v) for v in last.values()):
+            raise _NonFiniteLoss(f"non-finite loss at iteration {self.iteration}: {last}")
+        now = time.time()
+        record = {"iter": self.iteration, **last, "lr": self.last_lr,
+                  "sec_per_iter": (now - window.tick) / window.count, "time": now}  # fmt: skip
+        self._log(record)
+        bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+        window.reset(now)
+        return last
+
+    def _checkpoint_if_due(self, total: int) -> None:
+        """``checkpoint.pt`` every ``checkpoint_every`` iterations and at the end (plus a kept copy if asked)."""
+        cfg = self.config
+        if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
+            self.save_checkpoint()
+            if cfg.keep_checkpoints and self.iteration % cfg.checkpoint_every == 0:
+                self.save_checkpoint(self.out_dir / f"iter_{self.iteration:07d}.pt")
 
     def _stop(self, signum: int) -> None:
         """Checkpoint the completed iteration and stop (a SIGTERM arrived)."""

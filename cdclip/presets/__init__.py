@@ -58,11 +58,7 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def preset_dict(name: str) -> dict[str, Any]:
-    """The config dictionary of a preset with its ``extends`` chain applied (meta keys removed).
-
-    Shape:
-        - no tensors: str -> nested dict
-    """
+    """The config dictionary of a preset with its ``extends`` chain applied (meta keys removed)."""
     name = ALIASES.get(name, name)
     chain: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -81,22 +77,14 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 
 def load_preset(name: str) -> Any:
-    """The :class:`~cdclip.pipeline.config.TrainConfig` of a preset (on top of the defaults).
-
-    Shape:
-        - no tensors: str -> TrainConfig
-    """
+    """The :class:`~cdclip.pipeline.config.TrainConfig` of a preset (on top of the defaults)."""
     from cdclip.pipeline.config import TrainConfig
 
     return TrainConfig.from_dict(preset_dict(name))
 
 
 def list_presets() -> list[PresetInfo]:
-    """Every shipped preset with its description, sorted by name.
-
-    Shape:
-        - no tensors: -> list of {"name", "description", "training"}
-    """
+    """Every shipped preset with its description, sorted by name."""
     out = []
     for path in sorted(_folder().iterdir(), key=lambda p: p.name):
         if path.name.endswith(".yaml"):

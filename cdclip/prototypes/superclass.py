@@ -46,8 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdclip._checks import (
+    check_choice,
     check_finite,
     check_floating,
+    check_integer_labels,
     check_nonempty,
     check_rank,
     check_tensor,
@@ -55,14 +57,14 @@ from cdclip._checks import (
     compute_dtype,
     full_precision,
 )
-from cdclip.backbones.dino import resample_features
+from cdclip.choices import FEATURE_RESOLUTIONS, PROTOTYPE_WEIGHTINGS, FeatureResolution, PrototypeWeighting
 from cdclip.data.superclasses import GroupingSpec, SuperClassGrouping, superclass_grouping
+from cdclip.feature_maps import resample_features, token_grid, tokens_to_map
 from cdclip.registry import register
 
 __all__ = ["SBEOutput", "SuperClassPrototypes", "boundary_band", "superclass_prototypes"]
 
-WEIGHTINGS = ("mask", "cam")
-FEATURE_RESOLUTIONS = ("cam", "native")
+WEIGHTINGS = PROTOTYPE_WEIGHTINGS  # the name before cdclip.choices
 
 
 class SBEOutput(NamedTuple):
@@ -106,8 +108,7 @@ def boundary_band(label_map: Tensor, kernel_size: int = 5, ignore_index: int = 2
         - output: (B, H, W) bool
     """
     check_rank(label_map, "label_map", "B H W")
-    if label_map.is_floating_point() or label_map.is_complex() or label_map.dtype == torch.bool:
-        raise TypeError(f"label_map: expected an integer label map, got dtype {label_map.dtype}")
+    check_integer_labels(label_map, "label_map", "an integer label map")
     k = _check_kernel(kernel_size)
     labelled = label_map != ignore_index
     if k == 1:
@@ -156,22 +157,15 @@ def _feature_map(features: Tensor, batch: int, cam_grid: tuple[int, int], featur
     check_tensor(features, "features")
     check_floating(features, "features")
     if features.dim() == 3:
-        b, n, d = features.shape
-        if feature_grid is not None:
-            fh, fw = int(feature_grid[0]), int(feature_grid[1])
-            if fh * fw != n:
-                raise ValueError(f"feature_grid: {fh}x{fw} = {fh * fw} patches, but features have N = {n}")
-        elif n == cam_grid[0] * cam_grid[1]:
-            fh, fw = cam_grid
-        else:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(
-                    f"features: N = {n} matches neither the CAM grid {cam_grid[0]}x{cam_grid[1]} nor a square "
-                    "grid; pass feature_grid=(h', w') or features as (B, D, h', w')"
-                )
-            fh, fw = side, side
-        fmap = features.transpose(1, 2).reshape(b, d, fh, fw)
+        n = features.shape[1]
+        given = (int(feature_grid[0]), int(feature_grid[1])) if feature_grid is not None else None
+        grid = token_grid(n, given, "feature_grid", fallback=cam_grid)
+        if grid is None:
+            raise ValueError(
+                f"features: N = {n} matches neither the CAM grid {cam_grid[0]}x{cam_grid[1]} nor a square "
+                "grid; pass feature_grid=(h', w') or features as (B, D, h', w')"
+            )
+        fmap = tokens_to_map(features, grid)
     elif features.dim() == 4:
         fmap = features
     else:
@@ -204,10 +198,8 @@ def _check_scalars(seed_threshold: object, weighting: object, feature_resolution
     real = isinstance(seed_threshold, numbers.Real) and not isinstance(seed_threshold, bool)
     if not (real and 0.0 <= seed_threshold < 1.0):  # type: ignore[operator]  # NaN fails the comparison
         raise ValueError(f"seed_threshold: expected a value in [0, 1), got {seed_threshold!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
-    if feature_resolution not in FEATURE_RESOLUTIONS:
-        raise ValueError(f"feature_resolution: expected one of {FEATURE_RESOLUTIONS}, got {feature_resolution!r}")
+    check_choice(weighting, "weighting", PROTOTYPE_WEIGHTINGS)
+    check_choice(feature_resolution, "feature_resolution", FEATURE_RESOLUTIONS)
 
 
 # ---------------------------------------------------------------------- main function
@@ -221,10 +213,10 @@ def superclass_prototypes(
     *,
     seed_threshold: float = 0.5,
     band_kernel: int = 5,
-    weighting: str = "mask",
+    weighting: PrototypeWeighting = "mask",
     ignore_index: int = 255,
     feature_grid: Sequence[int] | None = None,
-    feature_resolution: str = "cam",
+    feature_resolution: FeatureResolution = "cam",
     fill_ignored: bool = False,
 ) -> SBEOutput:
     """Super-class CAMs, DINO prototypes, prototype CAMs, boundary band and corrected labels.
@@ -260,6 +252,32 @@ def superclass_prototypes(
         - output.prototype_cams: (B, S, h, w)
         - output.superclass_map, output.band, output.corrected_labels: (B, H, W)
     """
+    present, y, k, groups, fmap = _check_inputs(
+        cams, labels, features, pseudo_labels, grouping, seed_threshold, band_kernel, weighting, ignore_index,
+        feature_grid, feature_resolution,
+    )  # fmt: skip
+    dtype = compute_dtype(cams)
+    cams_p = cams.to(dtype) * present[:, :, None, None].to(dtype)  # absent classes contribute nothing
+    sc_cams, sc_present = _superclass_cams(cams_p, present, groups)
+    feats, grid = _unit_features(fmap.to(dtype), (cams.shape[2], cams.shape[3]), feature_resolution)
+    y_super = groups.map_labels(y, ignore_index)
+    proto, valid = _prototypes(sc_cams, sc_present, y_super, feats, grid, seed_threshold, weighting)
+    prototype_cams, s_map = _superclass_map(proto, feats, valid, grid, (y.shape[-2], y.shape[-1]), ignore_index)
+    band = boundary_band(s_map, k, ignore_index)  # step 6
+    corrected = _corrected_labels(y, y_super, s_map, band, present, cams_p, groups, ignore_index, fill_ignored)
+    return SBEOutput(sc_cams, proto, valid, prototype_cams, s_map, band, corrected)
+
+
+def _check_inputs(
+    cams: Tensor, labels: Tensor, features: Tensor, pseudo_labels: Tensor, grouping: GroupingSpec,
+    seed_threshold: object, band_kernel: object, weighting: object, ignore_index: int,
+    feature_grid: Sequence[int] | None, feature_resolution: object,
+) -> tuple[Tensor, Tensor, int, SuperClassGrouping, Tensor]:  # fmt: skip
+    """Every check of :func:`superclass_prototypes`, in order; returns what they produce.
+
+    Returns:
+        ``(present (B, C) bool, pseudo labels (B, H, W) int64, band kernel, grouping, features (B, D, h', w'))``.
+    """
     check_rank(cams, "cams", "B C h w")
     check_floating(cams, "cams")
     check_nonempty(cams, "cams", "B C h w")
@@ -268,8 +286,7 @@ def superclass_prototypes(
     present = _present(labels, cams)
     check_rank(pseudo_labels, "pseudo_labels", "B H W")
     check_nonempty(pseudo_labels, "pseudo_labels", "B H W")
-    if pseudo_labels.is_floating_point() or pseudo_labels.is_complex() or pseudo_labels.dtype == torch.bool:
-        raise TypeError(f"pseudo_labels: expected integer class ids, got dtype {pseudo_labels.dtype}")
+    check_integer_labels(pseudo_labels, "pseudo_labels")
     if pseudo_labels.shape[0] != b:
         raise ValueError(f"pseudo_labels: expected batch size B = {b} (from cams), got {pseudo_labels.shape[0]}")
     _check_scalars(seed_threshold, weighting, feature_resolution)
@@ -280,55 +297,96 @@ def superclass_prototypes(
         bad = torch.unique(y[out_of_range])[:8].tolist()
         raise ValueError(f"pseudo_labels: expected class ids in 0..{c} or {ignore_index}, got {bad}")
     groups = _resolve_grouping(grouping, c)
-    fmap = _feature_map(features, b, (h, w), feature_grid)
+    return present, y, k, groups, _feature_map(features, b, (h, w), feature_grid)
 
-    device, dtype = cams.device, compute_dtype(cams)
-    s_count, bg = groups.num_superclasses, groups.background
-    big_h, big_w = y.shape[-2:]
-    member = groups.membership(device)  # (S, C)
-    class_to_super = groups.class_to_super.to(device)
 
-    # 3. super-class CAMs on the CAM grid (absent classes contribute nothing)
-    cams_p = cams.to(dtype) * present[:, :, None, None].to(dtype)
-    s_index = torch.arange(s_count, device=device)
-    is_bg = (s_index == bg)[None, :, None, None]
+def _superclass_cams(cams_p: Tensor, present: Tensor, groups: SuperClassGrouping) -> tuple[Tensor, Tensor]:
+    """Step 3: ``M_s = max_{c in s} M_c`` and the background ``1 − max_c M_c``; which super-classes are present.
+
+    Shape:
+        - cams_p: (B, C, h, w), zero at absent classes
+        - output: (B, S, h, w) super-class CAMs, (B, S) bool
+    """
+    member = groups.membership(cams_p.device)  # (S, C)
+    s_index = torch.arange(groups.num_superclasses, device=cams_p.device)
+    is_bg = (s_index == groups.background)[None, :, None, None]
     sc_cams = torch.where(member[None, :, :, None, None], cams_p[:, None], cams_p.new_zeros(())).amax(2)
     sc_cams = torch.where(is_bg, (1.0 - cams_p.amax(1, keepdim=True)).clamp(0.0, 1.0), sc_cams)
-    sc_present = (member[None] & present[:, None, :]).any(-1) | (s_index == bg)[None, :]
+    sc_present = (member[None] & present[:, None, :]).any(-1) | (s_index == groups.background)[None, :]
+    return sc_cams, sc_present
 
-    # DINO features on the working grid, unit length
+
+def _unit_features(fmap: Tensor, cam_grid: tuple[int, int], feature_resolution: str) -> tuple[Tensor, tuple[int, int]]:
+    """DINO features on the working grid (the CAM grid, or their own), unit length, and that grid.
+
+    Shape:
+        - fmap: (B, D, h', w')
+        - output: (B, D, N) with N = h·w of the working grid
+    """
     if feature_resolution == "cam":
-        fmap = resample_features(fmap.to(dtype), (h, w))
+        fmap = resample_features(fmap, cam_grid)
     else:
-        fmap = F.normalize(fmap.to(dtype), dim=1, eps=1e-12)
-    fh, fw = fmap.shape[-2:]
-    feats = fmap.flatten(2)  # (B, D, N)
+        fmap = F.normalize(fmap, dim=1, eps=1e-12)
+    return fmap.flatten(2), (fmap.shape[-2], fmap.shape[-1])
 
-    # 4. seeds at label resolution, pooled onto the feature grid as per-patch weights
-    sc_up = F.interpolate(sc_cams, size=(big_h, big_w), mode="bilinear", align_corners=False)
-    y_super = groups.map_labels(y, ignore_index)
+
+def _prototypes(
+    sc_cams: Tensor, sc_present: Tensor, y_super: Tensor, feats: Tensor, grid: tuple[int, int],
+    seed_threshold: float, weighting: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Step 4: seeds at label resolution, pooled onto the feature grid; unit prototypes and validity.
+
+    Shape:
+        - sc_cams: (B, S, h, w)
+        - y_super: (B, H, W) super-class of every pseudo label
+        - feats: (B, D, N)
+        - output: (B, S, D) prototypes (zero where not valid), (B, S) bool
+    """
+    dtype = feats.dtype
+    s_index = torch.arange(sc_cams.shape[1], device=sc_cams.device)
+    sc_up = F.interpolate(sc_cams, size=y_super.shape[-2:], mode="bilinear", align_corners=False)
     seeds = (y_super[:, None] == s_index[None, :, None, None]) & (sc_up > seed_threshold)
     seed_weight = seeds.to(dtype) if weighting == "mask" else seeds.to(dtype) * sc_up
-    patch_weight = F.adaptive_avg_pool2d(seed_weight, (fh, fw)).flatten(2)  # (B, S, N)
+    patch_weight = F.adaptive_avg_pool2d(seed_weight, grid).flatten(2)  # (B, S, N)
     proto = torch.bmm(patch_weight, feats.transpose(1, 2))  # (B, S, D), a positive multiple of the mean
     valid = sc_present & (patch_weight.sum(-1) > 0) & (proto.norm(dim=-1) > 0)
-    proto = F.normalize(proto, dim=-1, eps=1e-12) * valid[..., None].to(dtype)
+    return F.normalize(proto, dim=-1, eps=1e-12) * valid[..., None].to(dtype), valid
 
-    # 5. prototype CAMs, max-normalised; S* at label resolution over valid super-classes only
+
+def _superclass_map(
+    proto: Tensor, feats: Tensor, valid: Tensor, grid: tuple[int, int], size: tuple[int, int], ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """Step 5: prototype CAMs, max-normalised, and ``S*`` at label resolution over the valid super-classes.
+
+    Shape:
+        - proto: (B, S, D)
+        - feats: (B, D, N)
+        - output: (B, S, h', w') prototype CAMs, (B, H, W) int64 ``S*`` (``ignore_index`` unassigned)
+    """
     q = torch.bmm(proto, feats).clamp_min(0.0)  # (B, S, N)
-    q = q / q.amax(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    q_map = q.view(b, s_count, fh, fw)
-    q_up = F.interpolate(q_map, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    q = q / q.amax(-1, keepdim=True).clamp_min(torch.finfo(feats.dtype).tiny)
+    q_map = q.view(proto.shape[0], proto.shape[1], *grid)
+    q_up = F.interpolate(q_map, size=size, mode="bilinear", align_corners=False)
     q_up = q_up.masked_fill(~valid[:, :, None, None], -1.0)
     best, s_map = q_up.max(1)
-    s_map = torch.where(best > 0, s_map, torch.full_like(s_map, ignore_index))
+    return q_map, torch.where(best > 0, s_map, torch.full_like(s_map, ignore_index))
 
-    # 6. boundary band of S*
-    band = boundary_band(s_map, k, ignore_index)
 
-    # 7. corrected labels on the band
-    assigned = s_map != ignore_index
-    fix = band & assigned & (y_super != s_map)
+def _corrected_labels(
+    y: Tensor, y_super: Tensor, s_map: Tensor, band: Tensor, present: Tensor, cams_p: Tensor,
+    groups: SuperClassGrouping, ignore_index: int, fill_ignored: bool,
+) -> Tensor:  # fmt: skip
+    """Step 7: on the band, a pseudo label whose super-class is not ``S*`` becomes the background
+    (``S*`` background), else the present class of ``S*`` with the highest upsampled CAM, else ignored.
+
+    Shape:
+        - y, y_super, s_map, band: (B, H, W)
+        - cams_p: (B, C, h, w), zero at absent classes
+        - output: (B, H, W) int64
+    """
+    b, big_h, big_w = y.shape
+    bg = groups.background
+    fix = band & (s_map != ignore_index) & (y_super != s_map)
     if not fill_ignored:
         fix &= y != ignore_index
     replacement = torch.full_like(y, ignore_index)
@@ -337,17 +395,15 @@ def superclass_prototypes(
     n_present = max(int(present.sum(1).max()), 1) if b else 1
     order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_present]  # (B, P)
     order_valid = torch.gather(present, 1, order)
-    order_cams = torch.gather(cams_p, 1, order[:, :, None, None].expand(-1, -1, h, w))
+    order_cams = torch.gather(cams_p, 1, order[:, :, None, None].expand(-1, -1, *cams_p.shape[-2:]))
     order_up = F.interpolate(order_cams, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    class_to_super = groups.class_to_super.to(cams_p.device)
     in_super = (class_to_super[order][:, :, None, None] == s_map[:, None]) & order_valid[:, :, None, None]
     _, best_slot = order_up.masked_fill(~in_super, -math.inf).max(1)
     best_class = torch.gather(order, 1, best_slot.flatten(1)).view(b, big_h, big_w) + 1
     has_class = in_super.any(1)
     replacement = torch.where((s_map != bg) & has_class, best_class, replacement)
-    corrected = torch.where(fix, replacement, y)
-
-    prototype_cams = q_map
-    return SBEOutput(sc_cams, proto, valid, prototype_cams, s_map, band, corrected)
+    return torch.where(fix, replacement, y)
 
 
 @register("superclass_prototypes", kind="prototypes")
@@ -373,6 +429,18 @@ class SuperClassPrototypes(nn.Module):
         - features: (B, N, D) or (B, D, h', w')
         - pseudo_labels: (B, H, W)
         - output: :class:`SBEOutput` (maps (B, S, h, w), band and labels (B, H, W))
+
+    Examples:
+        >>> import torch
+        >>> cams = torch.zeros(1, 20, 4, 4)
+        >>> cams[0, 14, :2] = 1.0                                 # a person (VOC class 15) in the top half
+        >>> labels = torch.zeros(1, 20)
+        >>> labels[0, 14] = 1.0
+        >>> pseudo = torch.zeros(1, 16, 16, dtype=torch.long)
+        >>> pseudo[0, :8] = 15
+        >>> out = SuperClassPrototypes("voc")(cams, labels, torch.randn(1, 16, 8), pseudo)  # (B, N, D) features
+        >>> out.prototype_cams.shape, out.band.shape, out.corrected_labels.dtype
+        (torch.Size([1, 5, 4, 4]), torch.Size([1, 16, 16]), torch.int64)
     """
 
     def __init__(
@@ -381,9 +449,9 @@ class SuperClassPrototypes(nn.Module):
         class_names: Sequence[str] | int | None = None,
         seed_threshold: float = 0.5,
         band_kernel: int = 5,
-        weighting: str = "mask",
+        weighting: PrototypeWeighting = "mask",
         ignore_index: int = 255,
-        feature_resolution: str = "cam",
+        feature_resolution: FeatureResolution = "cam",
         fill_ignored: bool = False,
     ) -> None:
         super().__init__()

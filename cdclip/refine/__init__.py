@@ -1,9 +1,14 @@
-"""Mask refinement: PAR (pixel-adaptive refinement) and the optional dense CRF."""
+"""Mask refinement: PAR (pixel-adaptive refinement) and the optional dense CRF.
+
+These refine class masks and probabilities along image edges. Refining CAMs (the MHSA baseline,
+CDA: the ``model.refine`` config key) is :mod:`cdclip.cam.refine`.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cdclip._lazy import lazy_attributes
 
 _LAZY: dict[str, str] = {
     "PAR": "cdclip.refine.par",
@@ -16,16 +21,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["PAR", "DenseCRF", "dense_crf", "par", "par_affinity"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cdclip.refine' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -22,18 +22,25 @@ from torch import nn
 
 from cdclip.registry import register
 
-__all__ = ["DenseCRF", "dense_crf"]
+__all__ = ["DenseCRF", "dense_crf", "import_densecrf"]
 
 _INSTALL_HINT = "dense CRF needs the optional dependency pydensecrf2: pip install cdclip[crf]"
 
 
-def _import_densecrf() -> tuple[Any, Any]:
+def import_densecrf() -> tuple[Any, Any]:
+    """``(pydensecrf.densecrf, unary_from_softmax)``, or an ``ImportError`` that says how to install them.
+
+    Callers that will run the CRF later (the evaluator) call it first to fail before any work.
+    """
     try:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as err:
         raise ImportError(_INSTALL_HINT) from err
     return dcrf, unary_from_softmax
+
+
+_import_densecrf = import_densecrf  # the name before the evaluator needed it
 
 
 def _image_hw3(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -102,7 +109,7 @@ def dense_crf(
         raise ValueError("probs: expected finite probabilities in [0, 1] (apply softmax to logits first)")
     if not isinstance(num_iter, int) or num_iter < 0:
         raise ValueError(f"num_iter: expected a non-negative int, got {num_iter!r}")
-    dcrf, unary_from_softmax = _import_densecrf()
+    dcrf, unary_from_softmax = import_densecrf()
 
     num_classes, height, width = p.shape
     crf = dcrf.DenseCRF2D(width, height, num_classes)
@@ -123,6 +130,13 @@ class DenseCRF(nn.Module):
         - image: (H, W, 3) uint8
         - probs: (C, H, W) float
         - output: (C, H, W) float32
+
+    Examples:
+        >>> import torch
+        >>> image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+        >>> probs = torch.softmax(torch.randn(2, 8, 8), dim=0)
+        >>> DenseCRF(num_iter=2)(image, probs).shape
+        torch.Size([2, 8, 8])
     """
 
     def __init__(

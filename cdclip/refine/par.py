@@ -228,6 +228,12 @@ class PAR(nn.Module):
         - image: (B, c, H', W') normalised or not
         - masks: (B, C, H, W)
         - output: (B, C, H, W)
+
+    Examples:
+        >>> import torch
+        >>> image, masks = torch.rand(1, 3, 16, 16), torch.softmax(torch.randn(1, 2, 16, 16), dim=1)
+        >>> PAR(dilations=(1, 2), num_iter=2)(image, masks).shape
+        torch.Size([1, 2, 16, 16])
     """
 
     def __init__(
