@@ -8,9 +8,11 @@ classes, MHSA (``attn``) refinement, CDA (``mean``) refinement. Reports the rati
 
 i.e. what switching the baseline to CDA adds per image (target ≤ 10%). Then runs ``cdclip cams``
 in fresh subprocesses on N and 4N images (the sample folder repeated) and reports their peak RSS:
-equal peaks mean no per-image memory growth.
+equal peaks mean no per-image memory growth. ``--sweep`` also times the stages at other CLIP input
+long sides (the same model and image), for the cost against image size.
 
     python benchmarks/cam_pipeline.py --out bench_cam_pipeline.json
+    python benchmarks/cam_pipeline.py --sweep 224,320,448,640 --rss-images 0
 """
 
 from __future__ import annotations
@@ -57,14 +59,12 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def stage_times(long_side: int, repeats: int, device: str = "cpu") -> dict[str, float]:
+def setup(device: str = "cpu") -> tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(random ViT-B-16, the sample image as uint8 HWC, its labels, the VOC text classifier)."""
     from cdclip.backbones.openclip import create_openclip
     from cdclip.backbones.text import build_text_classifier
-    from cdclip.cam.gradcam import clip_gradcam
-    from cdclip.cam.refine import refine_cams
     from cdclip.data.classnames import VOC_CLASSES
     from cdclip.data.prompts import background_words
-    from cdclip.pipeline.pseudo_labels import resize_for_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -72,10 +72,20 @@ def stage_times(long_side: int, repeats: int, device: str = "cpu") -> dict[str, 
     root = _sample_root() / "VOC2012"
     name = "2007_004189"
     image = torch.from_numpy(np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")).copy())
-    x = backbone.preprocess(resize_for_clip(image.permute(2, 0, 1)[None].float(), long_side, 16).to(device))
     labels_np = np.load(root / "cls_labels_onehot.npy", allow_pickle=True).item()[name]
     labels = torch.from_numpy(labels_np)[None].to(device)
     text = build_text_classifier(backbone, VOC_CLASSES, background_words("voc")).embeddings
+    return backbone, image, labels, text
+
+
+def stage_times(long_side: int, repeats: int, device: str = "cpu", prepared: tuple | None = None) -> dict[str, float]:
+    """Median seconds of each stage at CLIP input ``long_side``; ``prepared`` (from :func:`setup`) reuses a model."""
+    from cdclip.cam.gradcam import clip_gradcam
+    from cdclip.cam.refine import refine_cams
+    from cdclip.pipeline.pseudo_labels import resize_for_clip
+
+    backbone, image, labels, text = prepared or setup(device)
+    x = backbone.preprocess(resize_for_clip(image.permute(2, 0, 1)[None].float(), long_side, 16).to(device))
 
     backbone(x, attn_blocks=8, grad_last_block=True)  # warm-up
     t_fwd, out = _timed(lambda: backbone(x, attn_blocks=8, grad_last_block=True), repeats)
@@ -143,11 +153,13 @@ def main() -> int:
     parser.add_argument("--rss-long-side", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--sweep", default="", help="comma-separated long sides: also time the stages at each, e.g. 224,448,896")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    times = stage_times(args.long_side, args.repeats, args.device)
+    prepared = setup(args.device)
+    times = stage_times(args.long_side, args.repeats, args.device, prepared)
     where = f"CPU ({args.threads} threads)" if args.device == "cpu" else torch.cuda.get_device_name()
     print(f"## CAM pipeline stages, {where}, ViT-B-16 random init, input {times['input']}\n")
     print("| stage | seconds / image |\n|---|---|")
@@ -156,6 +168,15 @@ def main() -> int:
     print(f"\nCDA adds {100 * times['cda_extra_ratio']:.2f}% to forward + GradCAM + attention "
           f"({times['baseline_total_s']:.3f} s) (target <= 10%)")  # fmt: skip
     result: dict[str, object] = {"stages": times, "maxrss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    sides = [int(v) for v in args.sweep.split(",") if v.strip()]
+    if sides:
+        result["sweep"] = [stage_times(side, args.repeats, args.device, prepared) for side in sides]
+        print("\n## Stages by CLIP input size\n")
+        print("| long side | input | clip_forward | gradcam | attn_refine | cda_refine | total (CDA) |\n|---|---|---|---|---|---|---|")
+        for side, row in zip(sides, result["sweep"]):
+            total = row["clip_forward_s"] + row["gradcam_s"] + row["cda_refine_s"]
+            cells = " | ".join(f"{row[k]:.4f}" for k in ("clip_forward_s", "gradcam_s", "attn_refine_s", "cda_refine_s"))
+            print(f"| {side} | {row['input']} | {cells} | {total:.4f} |")
     if args.rss_images > 0:
         rss = rss_growth(args.rss_images, args.rss_long_side)
         print(f"\n## `cdclip cams` peak RSS (long side {args.rss_long_side})\n")

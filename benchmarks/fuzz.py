@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--examples", type=int, default=5, help="bug examples kept per component")
     parser.add_argument("--no-write", action="store_true", help="print only, write no results")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here (and .md beside) instead of results/")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -112,10 +113,11 @@ def main() -> int:
     text = markdown(result)
     print("\n" + text)
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "fuzz.md").write_text(text)
-        print(f"wrote {RESULTS / 'fuzz.json'} and {RESULTS / 'fuzz.md'}")
+        out = args.out or RESULTS / "fuzz.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(text)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
     return 1 if any(total[k] for k in BUGS) else 0
 
 
