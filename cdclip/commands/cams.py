@@ -82,7 +82,6 @@ def _input_arguments(parser: argparse.ArgumentParser) -> None:
                      help="skip (and count) unreadable images (default: on for --images, off for datasets)")
 
 
-
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     preset = parser.add_argument_group("preset (flags below override it)")
     preset.add_argument("--preset", default=None,
@@ -106,7 +105,6 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="attention out-projections in float16 (WeCLIP)")
     model.add_argument("--normalize", default=None, choices=("clip", "imagenet"),
                        help="image statistics for CLIP's input (CLIP-ES: clip; WeCLIP: imagenet)")
-
 
 
 def _method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +134,6 @@ def _method_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--par-iters", type=int, default=None, help="PAR iterations (0 disables PAR)")
     method.add_argument("--par-scale", type=float, default=None,
                         help="resolution of PAR relative to the image (0.5 is 4x cheaper)")
-
 
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,17 +211,12 @@ def _dataset(args: argparse.Namespace, config: Any) -> tuple[Any, tuple[str, ...
     from cdclip.data.prompts import background_words
 
     bg = background_words(config.model.background)
-    if args.voc is not None:
-        from cdclip.data.voc import VOCSegmentation
+    if args.voc is not None or args.coco is not None:
+        from cdclip.commands._datasets import dataset_from_args
 
-        ds = VOCSegmentation(args.voc, args.split or "train", label_file=args.label_file, skip_bad=_skip_bad(args))
-        names, palette = ds.class_names, "voc"
-    elif args.coco is not None:
-        from cdclip.data.coco import COCOSegmentation
-
-        ds = COCOSegmentation(args.coco, args.split or "train2014", label_file=args.label_file,
-                              skip_bad=_skip_bad(args))
-        names, palette = ds.class_names, "coco"
+        ds, palette, _ = dataset_from_args(args, {"voc": "train", "coco": "train2014"}, label_file=args.label_file,
+                                           skip_bad=_skip_bad(args))  # fmt: skip
+        names = ds.class_names
     else:
         if not args.classes:
             raise ValueError("--classes: an image folder needs the class names, e.g. --classes cat,dog")
@@ -500,8 +492,10 @@ def _build_labeler(args: argparse.Namespace, config: Any, class_names: tuple[str
 def _weights_source(args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """What names the weights before they are built: a file (path, size, time), a tag, or a seeded random init."""
     import torch
-    weights = args.weights
+
     from cdclip.pipeline.clip_backbone import is_random_weights
+
+    weights = args.weights
 
     if is_random_weights(weights):
         return {"random": config.model.clip, "seed": args.seed, "torch": torch.__version__}
@@ -670,6 +664,7 @@ def _process(args: argparse.Namespace, config: Any, dataset: Any, labeler: Any, 
 def _as_uint8(image: Any, name: str) -> torch.Tensor:
     """The reader's (3, H, W) uint8 image; anything else is refused (never wrapped or saturated)."""
     import torch
+
     tensor = torch.as_tensor(image)
     if tensor.dtype != torch.uint8:
         raise TypeError(f"image {name}: expected (3, H, W) uint8 from the image reader, got {tensor.dtype}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,9 @@ def _input_states(roots: Iterable[Path]) -> dict[str, list[int] | None]:
 
 def _presets_text() -> dict[str, str]:
     """The shipped presets' YAML text: an upgrade that changes a preset changes the request."""
-    folder = resources.files("cdclip.presets")
-    return {f.name: f.read_text() for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")}
+    from cdclip.presets import preset_files
+
+    return {f.name: f.read_text() for f in preset_files()}
 
 
 def describe_request(arguments: Mapping[str, Any], inputs: Iterable[Path]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["PresetInfo", "list_presets", "load_preset", "preset_dict"]
+__all__ = ["PresetInfo", "list_presets", "load_preset", "preset_dict", "preset_files"]
 
 _META_KEYS = ("description", "extends", "training")
 ALIASES = {"voc": "cdclip-voc", "coco": "cdclip-coco"}  # preset names before 0.2
@@ -31,13 +31,18 @@ def _folder() -> Any:
     return resources.files(__name__)
 
 
+def preset_files() -> list[Any]:
+    """The shipped ``*.yaml`` files (``importlib.resources`` traversables), sorted by name."""
+    return sorted((p for p in _folder().iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+
+
 @cache
 def _raw(name: str) -> dict[str, Any]:
     import yaml
 
     path = _folder() / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.name[:-5] for p in _folder().iterdir() if p.name.endswith(".yaml"))
+        known = [p.name[:-5] for p in preset_files()]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"preset: unknown preset {name!r} (known: {', '.join(known)}){hint}")
@@ -86,9 +91,8 @@ def load_preset(name: str) -> Any:
 def list_presets() -> list[PresetInfo]:
     """Every shipped preset with its description, sorted by name."""
     out = []
-    for path in sorted(_folder().iterdir(), key=lambda p: p.name):
-        if path.name.endswith(".yaml"):
-            raw = _raw(path.name[:-5])
-            description = " ".join(str(raw.get("description", "")).split())
-            out.append(PresetInfo(name=path.name[:-5], description=description, training=bool(raw.get("training", True))))
+    for path in preset_files():
+        raw = _raw(path.name[:-5])
+        description = " ".join(str(raw.get("description", "")).split())
+        out.append(PresetInfo(name=path.name[:-5], description=description, training=bool(raw.get("training", True))))
     return out
